@@ -1,0 +1,48 @@
+"""gasp-plugin: Geometric-Aware Spatial Priors as a plug-in for VLM fine-tuning."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+EXTRAS = {
+    "deepspeed": ["deepspeed>=0.15"],
+    "flash": ["flash-attn>=2.5"],  # GPU only: builds from source against CUDA
+    "video": ["decord>=0.6"],
+}
+EXTRAS["test"] = [
+    "pytest>=7",
+    "deepspeed>=0.15",
+    "decord>=0.6",
+    "av>=12",  # writes the mp4 the decord tests read
+]
+
+setup(
+    name="gasp-plugin",
+    version="0.1.0",
+    description="GASP: teach a VLM's language model 3D geometry with per-layer correspondence heads",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["gasp_plugin", "gasp_plugin.*"]),
+    package_data={"gasp_plugin": ["assets/*/*", "assets/*/*/*"]},
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0,<6",
+        "peft>=0.17",
+        "accelerate>=1.0",
+        "tokenizers>=0.21",
+        "numpy>=1.24",
+        "einops>=0.7",
+        "safetensors>=0.4",
+        "pillow>=10",
+        "pyyaml>=6",
+        "tqdm>=4.66",
+        "matplotlib>=3.7",
+    ],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["gasp=gasp_plugin.cli:main"]},
+)
