@@ -1,0 +1,105 @@
+"""Loading a VLM's processor, with a documented fallback for Qwen-VL without torchvision.
+
+In transformers 5.x ``Qwen2VLProcessor`` (and ``Qwen2_5_VLProcessor``) always builds a video
+processor, and every video processor needs torchvision; on a machine without torchvision the
+processor can be neither constructed nor loaded with ``AutoProcessor``, even for image-only use.
+GASP needs only the model's own *image processor* and *tokenizer* (plus its chat template), which
+load fine, so :func:`load_processor` returns the full processor where it can and a
+:class:`ProcessorParts` holding exactly those pieces where it cannot. The model adapters
+(:mod:`gasp_plugin.models.registry`) accept either.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ProcessorParts", "load_processor", "save_processor"]
+
+logger = logging.getLogger(__name__)
+
+_CHAT_TEMPLATE_FILE = "chat_template.jinja"
+_PROCESSOR_FILE = "processor_config.json"
+
+
+@dataclass
+class ProcessorParts:
+    """The model's own image processor and tokenizer, when its full processor cannot be built.
+
+    Attributes:
+        image_processor: a transformers image processor (e.g. ``Qwen2VLImageProcessorPil``).
+        tokenizer: the model's tokenizer.
+        chat_template: the model family's chat template (jinja), or ``None``.
+        processor_class: the name of the full processor class this stands in for.
+    """
+
+    image_processor: Any
+    tokenizer: Any
+    chat_template: str | None = None
+    processor_class: str = ""
+
+    def apply_chat_template(self, messages: list[dict], **kwargs) -> Any:
+        """Render ``messages`` with the family's chat template (same call as a processor's)."""
+        if self.chat_template is None:
+            raise ValueError(
+                f"{self.processor_class or 'this processor'} has no chat template; save the checkpoint "
+                f"with one (a {_CHAT_TEMPLATE_FILE} file) or pass text directly"
+            )
+        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, **kwargs)
+
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        """Write the parts in the layout ``AutoProcessor`` reads (per-part files + processor_config)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.image_processor.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        if self.chat_template is not None:
+            (out / _CHAT_TEMPLATE_FILE).write_text(self.chat_template)
+        (out / _PROCESSOR_FILE).write_text(json.dumps({"processor_class": self.processor_class}, indent=2))
+        return out
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "ProcessorParts":
+        """Load the image processor, tokenizer and chat template saved in ``path``."""
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        path = Path(path)
+        template_file = path / _CHAT_TEMPLATE_FILE
+        template = template_file.read_text() if template_file.is_file() else None
+        proc_file = path / _PROCESSOR_FILE
+        proc_class = json.loads(proc_file.read_text()).get("processor_class", "") if proc_file.is_file() else ""
+        return cls(
+            image_processor=AutoImageProcessor.from_pretrained(path),
+            tokenizer=AutoTokenizer.from_pretrained(path),
+            chat_template=template,
+            processor_class=proc_class,
+        )
+
+
+def load_processor(path: str | Path) -> Any:
+    """The processor saved in ``path``: ``AutoProcessor`` when it loads, else :class:`ProcessorParts`.
+
+    The fallback is taken only on ``ImportError`` (a missing optional backend such as torchvision),
+    and is logged with the reason.
+    """
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(path)
+    except ImportError as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        logger.warning(
+            "AutoProcessor could not load %s (%s); using its image processor and tokenizer directly",
+            path,
+            first_line,
+        )
+        return ProcessorParts.from_pretrained(path)
+
+
+def save_processor(processor: Any, out_dir: str | Path) -> Path:
+    """Save a full processor or :class:`ProcessorParts` to ``out_dir``."""
+    processor.save_pretrained(out_dir)
+    return Path(out_dir)
