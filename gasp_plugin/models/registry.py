@@ -1,0 +1,230 @@
+"""Model-family adapters, keyed by ``config.model_type``.
+
+An adapter knows where a VLM keeps what GASP needs: its LLM decoder layers (found by module-path
+pattern, so PEFT ``base_model.model.`` and DeepSpeed ``module.`` prefixes do not matter), each
+layer's q/k projections, where each frame's visual tokens sit in the sequence, each frame's token
+grid, and how a pixel of the *original* frame maps to a token through the processor's resize.
+Token ids come from the model config; patch, merge and resize sizes from the processor.
+
+Shape notation: ``b`` batch rows, ``f`` frames per row, ``n`` visual tokens per frame,
+``...`` any leading dims. Pixel convention (as :mod:`gasp_plugin.geometry`): pixel centres at
+integer coordinates, pixel ``(u, v)`` covers ``[u - 0.5, u + 0.5)``.
+
+    from gasp_plugin.models.registry import get_adapter
+    adapter = get_adapter(model)
+    inputs = adapter.build_frame_inputs(processor, frames)      # frames: list of uint8 [h, w, 3]
+    pos = adapter.frame_token_positions(inputs)                 # [b, f, n], -1 = padding
+    layout = adapter.frame_layout(processor, frames[0].shape[:2])
+    tok = adapter.pixels_to_tokens(xy, layout)                  # raster index in the frame, -1 = outside
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+__all__ = [
+    "FrameLayout",
+    "VLMAdapter",
+    "register_adapter",
+    "get_adapter",
+    "supported_model_types",
+    "pixels_to_tokens",
+]
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """How one original frame reaches the vision tower, and its token grid.
+
+    Attributes:
+        orig_hw: ``(h, w)`` of the original frame.
+        resized_hw: ``(h, w)`` after the processor's resize (before any crop).
+        crop_yx: top-left ``(y, x)`` of the crop inside the resized image (0, 0 without crop).
+        cell: side of one token's cell in resized pixels (Qwen: patch * merge; LLaVA: patch).
+        grid_hw: ``(gh, gw)`` tokens of the frame.
+    """
+
+    orig_hw: tuple[int, int]
+    resized_hw: tuple[int, int]
+    crop_yx: tuple[int, int]
+    cell: int
+    grid_hw: tuple[int, int]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_hw[0] * self.grid_hw[1]
+
+
+def pixels_to_tokens(xy: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
+    """Raster token index (``row * gw + col``) of original-frame pixels; -1 outside the grid.
+
+    Args:
+        xy: ``[..., 2]`` float pixel coordinates ``(x, y)`` in the original frame.
+        layout: the frame's :class:`FrameLayout`.
+
+    Returns:
+        ``[...]`` long.
+    """
+    if xy.shape[-1:] != (2,):
+        raise ValueError(f"xy must have shape [..., 2], got {tuple(xy.shape)}")
+    h, w = layout.orig_hw
+    rh, rw = layout.resized_hw
+    gh, gw = layout.grid_hw
+    xy = xy.to(torch.float64)
+    # edge coordinates (0 .. w) of the pixel centre, scaled to the resized image, minus the crop
+    ux = (xy[..., 0] + 0.5) * (rw / w) - layout.crop_yx[1]
+    uy = (xy[..., 1] + 0.5) * (rh / h) - layout.crop_yx[0]
+    col = torch.floor(ux / layout.cell).long()
+    row = torch.floor(uy / layout.cell).long()
+    inside = (col >= 0) & (col < gw) & (row >= 0) & (row < gh) & torch.isfinite(xy).all(-1)
+    return torch.where(inside, row * gw + col, torch.full_like(col, -1))
+
+
+def _split_positions(is_visual: torch.Tensor, counts_per_row: list[list[int]]) -> torch.Tensor:
+    """Positions of visual tokens per row, cut into frames of the given sizes.
+
+    Args:
+        is_visual: ``[b, L]`` bool.
+        counts_per_row: for each row, the token count of each of its frames.
+
+    Returns:
+        ``[b, f, n]`` long, -1 where a row has fewer frames or a frame fewer tokens.
+    """
+    b = is_visual.shape[0]
+    f = max((len(c) for c in counts_per_row), default=0)
+    n = max((max(c) for c in counts_per_row if c), default=0)
+    out = torch.full((b, f, n), -1, dtype=torch.long)
+    for r in range(b):
+        pos = torch.nonzero(is_visual[r], as_tuple=False).flatten().cpu()
+        if pos.numel() != sum(counts_per_row[r]):
+            raise ValueError(
+                f"row {r} has {pos.numel()} visual tokens but its frames need {sum(counts_per_row[r])}; "
+                "input_ids and the image grids disagree (were inputs truncated?)"
+            )
+        for i, chunk in enumerate(torch.split(pos, counts_per_row[r])):
+            out[r, i, : chunk.numel()] = chunk
+    return out
+
+
+class VLMAdapter(ABC):
+    """What GASP needs to know about one VLM family. Built from the model's config."""
+
+    #: regex on a module's full name matching a decoder layer; group 1 = layer index
+    layer_pattern: str = r"(?:^|\.)language_model\.layers\.(\d+)$"
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    # -- modules -----------------------------------------------------------------------------
+    def decoder_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """``[(name, layer)]`` of the LLM decoder layers in order, under any wrapper prefix."""
+        found: dict[int, tuple[str, nn.Module]] = {}
+        pattern = re.compile(self.layer_pattern)
+        for name, module in model.named_modules():
+            m = pattern.search(name)
+            if m is None or ".modules_to_save." in name:
+                continue
+            idx = int(m.group(1))
+            if idx in found:
+                raise ValueError(f"two modules match decoder layer {idx}: {found[idx][0]!r} and {name!r}")
+            found[idx] = (name, module)
+        if not found:
+            raise ValueError(
+                f"no module of this {type(model).__name__} matches the decoder-layer pattern "
+                f"{self.layer_pattern!r} of adapter {type(self).__name__}"
+            )
+        if sorted(found) != list(range(len(found))):
+            raise ValueError(f"decoder layer indices are not contiguous: {sorted(found)}")
+        return [found[i] for i in range(len(found))]
+
+    def attention_projections(self, layer: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """``(q_proj, k_proj)`` of a decoder layer (LoRA wrappers included when present)."""
+        attn = getattr(layer, "self_attn", None)
+        if attn is None or not hasattr(attn, "q_proj") or not hasattr(attn, "k_proj"):
+            raise ValueError(f"{type(layer).__name__} has no self_attn.q_proj / k_proj")
+        return attn.q_proj, attn.k_proj
+
+    # -- inputs and token layout -------------------------------------------------------------
+    @abstractmethod
+    def build_frame_inputs(self, processor: Any, frames: list, *, prompt: str = "Describe the frames.") -> dict:
+        """Model inputs (batch of one) for frames given as separate images, via the processor."""
+
+    @abstractmethod
+    def frame_token_counts(self, inputs: dict) -> list[list[int]]:
+        """For each batch row, the number of visual tokens of each of its frames."""
+
+    @abstractmethod
+    def visual_token_mask(self, inputs: dict) -> torch.Tensor:
+        """``[b, L]`` bool, True at visual tokens."""
+
+    @abstractmethod
+    def frame_grids(self, inputs: dict) -> list[list[tuple[int, int]]]:
+        """For each batch row, the ``(gh, gw)`` token grid of each of its frames."""
+
+    @abstractmethod
+    def frame_layout(self, processor: Any, orig_hw: tuple[int, int]) -> FrameLayout:
+        """How a frame of size ``orig_hw`` is resized and cut into tokens by ``processor``."""
+
+    def frame_token_positions(self, inputs: dict) -> torch.Tensor:
+        """``[b, f, n]`` sequence positions of each frame's visual tokens, raster order, -1 = pad."""
+        return _split_positions(self.visual_token_mask(inputs), self.frame_token_counts(inputs))
+
+    def pixels_to_tokens(self, xy: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
+        """``[...]`` raster token index in the frame of original pixels ``xy [..., 2]``; -1 outside."""
+        return pixels_to_tokens(xy, layout)
+
+
+_ADAPTERS: dict[str, type[VLMAdapter]] = {}
+
+
+def register_adapter(*model_types: str) -> Callable[[type[VLMAdapter]], type[VLMAdapter]]:
+    """Class decorator registering an adapter for ``config.model_type`` values (no duplicates)."""
+
+    def deco(cls: type[VLMAdapter]) -> type[VLMAdapter]:
+        for mt in model_types:
+            if mt in _ADAPTERS:
+                raise ValueError(f"an adapter for model_type {mt!r} is already registered: {_ADAPTERS[mt].__name__}")
+            _ADAPTERS[mt] = cls
+        return cls
+
+    return deco
+
+
+def _ensure_builtin() -> None:
+    # the built-in families register on import of their modules
+    from gasp_plugin.models import llava, qwen2_vl  # noqa: F401
+
+
+def supported_model_types() -> list[str]:
+    _ensure_builtin()
+    return sorted(_ADAPTERS)
+
+
+def _find_config(model_or_config: Any) -> Any:
+    seen = model_or_config
+    for _ in range(4):  # unwrap DeepSpeed engine / PEFT model down to a module with a config
+        cfg = getattr(seen, "config", None)
+        if cfg is not None and hasattr(cfg, "model_type"):
+            return cfg
+        if hasattr(seen, "model_type"):
+            return seen
+        seen = getattr(seen, "module", None) or getattr(seen, "base_model", None)
+        if seen is None:
+            break
+    raise ValueError(f"cannot find a transformers config with model_type on {type(model_or_config).__name__}")
+
+
+def get_adapter(model_or_config: Any) -> VLMAdapter:
+    """The adapter for a model (plain, PEFT or DeepSpeed-wrapped) or its config."""
+    _ensure_builtin()
+    config = _find_config(model_or_config)
+    mt = config.model_type
+    if mt not in _ADAPTERS:
+        raise ValueError(f"model_type {mt!r} is not supported by GASP; supported: {sorted(_ADAPTERS)}")
+    return _ADAPTERS[mt](config)
