@@ -4,22 +4,29 @@ Every reader returns the same :class:`Scene` interface, in one set of convention
 images ``uint8 [h, w, 3]`` RGB; depth ``float32 [h, w]`` metres along z, ``0`` = invalid,
 resampled to the image resolution; intrinsics ``float64 [3, 3]`` for the image resolution;
 poses ``float64 [4, 4]`` camera-to-world, OpenCV axes (x right, y down, z forward).
+
+Frames are indexed ``0 .. len(scene) - 1`` in the order the layout defines. Frames a reader
+cannot use (non-finite or non-rigid pose, missing or unreadable file) stay indexed but are listed
+in ``scene.skipped`` (frame -> reason) and left out of ``scene.valid_frames``; reading one raises
+``ValueError`` with the reason. Shape notation: ``f`` frames, ``h, w`` image size.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from importlib import import_module
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Scene", "Clip"]
+__all__ = ["Scene", "Clip", "open_scene", "register_reader", "known_layouts", "READERS"]
 
 
 class Scene(ABC):
     """A posed RGB-D sequence. Frames are addressed by index ``0 .. len(scene) - 1``."""
 
-    name: str
+    name: str = ""
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -39,6 +46,36 @@ class Scene(ABC):
     @abstractmethod
     def pose(self, i: int) -> np.ndarray:
         """``float64 [4, 4]`` camera-to-world pose of frame ``i``."""
+
+    @property
+    def skipped(self) -> dict[int, str]:
+        """Frames the reader will not serve, with the reason (filled by readers)."""
+        if "_skipped" not in self.__dict__:
+            self._skipped: dict[int, str] = {}
+        return self._skipped
+
+    @property
+    def valid_frames(self) -> list[int]:
+        """Indices of the frames that can be read."""
+        bad = self.skipped
+        return [i for i in range(len(self)) if i not in bad]
+
+    def check_frame(self, i: int) -> int:
+        """Return ``i`` if it names a usable frame, else raise ``IndexError`` / ``ValueError``."""
+        n = len(self)
+        if not isinstance(i, (int, np.integer)) or not 0 <= int(i) < n:
+            raise IndexError(f"scene {self.name!r}: frame {i!r} out of range [0, {n})")
+        if int(i) in self.skipped:
+            raise ValueError(f"scene {self.name!r}: frame {int(i)} is skipped: {self.skipped[int(i)]}")
+        return int(i)
+
+    def images(self, ids: list[int]) -> np.ndarray:
+        """``uint8 [f, h, w, 3]`` for frames ``ids`` (readers may decode them in one batch)."""
+        return np.stack([self.image(i) for i in ids])
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, frames={len(self)}, "
+                f"skipped={len(self.skipped)})")
 
 
 @dataclass
@@ -63,3 +100,55 @@ class Clip:
     anchor: int = 0
     scene: str = ""
     meta: dict = field(default_factory=dict)
+
+
+# layout name -> "module:Class". A reader class provides ``detect(path) -> bool`` (a classmethod
+# that only looks at file names), ``expects`` (one line describing the layout) and a constructor
+# taking the folder. Modules are imported only when a layout is detected or opened.
+READERS: dict[str, str] = {
+    "hololens": "gasp_plugin.data.readers.hololens:HololensScene",
+    "scannet": "gasp_plugin.data.readers.scannet:ScanNetScene",
+    "7scenes": "gasp_plugin.data.readers.sevenscenes:SevenScenesScene",
+    "video": "gasp_plugin.data.readers.video:VideoScene",
+}
+
+
+def register_reader(name: str, target: str, readers: dict[str, str] = READERS) -> None:
+    """Register a reader ``"module:Class"`` under layout ``name``; duplicates are rejected."""
+    if name in readers:
+        raise ValueError(f"reader layout {name!r} is already registered ({readers[name]})")
+    if ":" not in target:
+        raise ValueError(f"reader target must look like 'package.module:Class', got {target!r}")
+    readers[name] = target
+
+
+def _reader_class(name: str, readers: dict[str, str] = READERS):
+    if name not in readers:
+        raise ValueError(f"unknown scene layout {name!r}; known layouts: {sorted(readers)}")
+    module, cls = readers[name].split(":")
+    return getattr(import_module(module), cls)
+
+
+def known_layouts(readers: dict[str, str] = READERS) -> dict[str, str]:
+    """Layout name -> what that layout expects on disk."""
+    return {name: _reader_class(name, readers).expects for name in readers}
+
+
+def open_scene(path: str | Path, layout: str | None = None, **kwargs) -> Scene:
+    """Open the scene in folder ``path``, detecting its layout (or using ``layout``).
+
+    Extra keyword arguments go to the reader. Raises ``FileNotFoundError`` for a missing path and
+    ``ValueError`` naming the known layouts when none (or several) match.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"scene path does not exist: {path}")
+    if layout is not None:
+        return _reader_class(layout)(path, **kwargs)
+    matches = [name for name in READERS if _reader_class(name).detect(path)]
+    if not matches:
+        lines = "\n".join(f"  {n}: {e}" for n, e in known_layouts().items())
+        raise ValueError(f"{path}: unknown scene layout; known layouts and what each expects:\n{lines}")
+    if len(matches) > 1:
+        raise ValueError(f"{path}: matches several layouts {matches}; pass layout=... to choose")
+    return _reader_class(matches[0])(path, **kwargs)
