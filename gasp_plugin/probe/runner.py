@@ -1,0 +1,244 @@
+"""Run the probe: one forward per held-out frame pair, descriptors per layer, matches scored.
+
+Notation: ``L`` sequence length, ``n`` visual tokens of a frame, ``p`` tracks of a pair, ``d``
+hidden size.
+
+Each pair (anchor frame, target frame) is one forward of the model on the two frames given as two
+images (anchor first) with the adapter's minimal prompt. At every probed decoder layer, forward
+hooks keep the rows of the visual tokens of the layer's output hidden states and of its
+``q_proj`` / ``k_proj`` outputs (pre-rotary). A query is the anchor token holding a track's anchor
+pixel; its truth is the target token holding the track's pixel in the target frame; only tracks
+visible in the target (and inside both token grids) count. Descriptors (cosine similarity):
+
+- ``qk``: anchor-token queries vs target-token keys, averaged over heads
+  (:mod:`gasp_plugin.probe.descriptors`);
+- ``hidden``: the layer's output hidden states of both frames;
+- ``head``: the GASP head of the layer applied to those hidden states (when heads are given).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gasp_plugin.probe.descriptors import qk_descriptors
+from gasp_plugin.probe.metrics import DEFAULT_TEMPERATURE, MatchStats, match
+from gasp_plugin.probe.pairs import MAX_GAP_LIMIT, PairSet, select_pairs
+from gasp_plugin.probe.report import PairMatches, ProbeReport
+
+__all__ = ["run_probe", "token_centres", "load_probe_heads", "capture_layers"]
+
+
+def token_centres(layout) -> torch.Tensor:
+    """``[gh * gw, 2]`` original-frame pixel ``(x, y)`` of each token cell's centre (raster order):
+    the inverse of the adapter's pixel -> token mapping for a :class:`FrameLayout`."""
+    h, w = layout.orig_hw
+    rh, rw = layout.resized_hw
+    gh, gw = layout.grid_hw
+    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    x = ((cols.reshape(-1) + 0.5) * layout.cell + layout.crop_yx[1]) * (w / rw) - 0.5
+    y = ((rows.reshape(-1) + 0.5) * layout.cell + layout.crop_yx[0]) * (h / rh) - 0.5
+    return torch.stack([x, y], dim=-1).double()
+
+
+def _first(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@contextmanager
+def capture_layers(adapter, model, layers: list[int], positions: dict):
+    """Forward hooks keeping ``hidden``, ``q`` and ``k`` of the given decoder layers at the
+    sequence positions ``positions["idx"]`` (a ``[m]`` long tensor set before each forward) of
+    batch row 0. Yields ``store``: ``store[(kind, layer)] -> [m, *]`` after a forward."""
+    store: dict = {}
+    decoder = adapter.decoder_layers(model)
+    handles = []
+
+    def hook(kind, layer):
+        def fn(_module, _inputs, output):
+            store[(kind, layer)] = _first(output)[0, positions["idx"]].detach()
+        return fn
+
+    try:
+        for layer in layers:
+            module = decoder[layer][1]
+            q_proj, k_proj = adapter.attention_projections(module)
+            handles.append(module.register_forward_hook(hook("hidden", layer)))
+            handles.append(q_proj.register_forward_hook(hook("q", layer)))
+            handles.append(k_proj.register_forward_hook(hook("k", layer)))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def load_probe_heads(model, path):
+    """GASP heads saved by training, as a callable ``(layer, hidden [n, d]) -> [n, e]``."""
+    from gasp_plugin.core.attach import load_heads
+
+    heads = load_heads(path)
+    device = next(model.parameters()).device
+    return heads.to(device).eval()
+
+
+def _head_embed(heads, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+    return heads.embed(layer, hidden)
+
+
+def _to_device(inputs: dict, device, dtype) -> dict:
+    out = {}
+    for k, v in inputs.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device)
+            if v.is_floating_point():
+                v = v.to(dtype)
+        out[k] = v
+    return out
+
+
+def _resolve_layers(layers, n_layers: int) -> list[int]:
+    if layers is None:
+        return list(range(n_layers))
+    bad = [l for l in layers if not -n_layers <= int(l) < n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} out of range for a model with {n_layers} decoder layers")
+    return sorted({int(l) % n_layers for l in layers})
+
+
+def _heads_of(model) -> tuple[int, int]:
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    hq = int(cfg.num_attention_heads)
+    hkv = int(getattr(cfg, "num_key_value_heads", None) or hq)
+    return hq, hkv
+
+
+class _PairProbe:
+    """Turns one pair's captured tensors into per-descriptor matches."""
+
+    def __init__(self, num_heads, num_kv_heads, heads, temperature):
+        self.hq, self.hkv, self.heads, self.temperature = num_heads, num_kv_heads, heads, temperature
+
+    def descriptors(self, store, layer, n_a):
+        """``{name: (anchor [n_a, *], target [n_b, *])}`` for one layer."""
+        hid, q, k = store[("hidden", layer)], store[("q", layer)], store[("k", layer)]
+        out = {"qk": qk_descriptors(q[:n_a], k[n_a:], self.hq, self.hkv),
+               "hidden": (hid[:n_a], hid[n_a:])}
+        if self.heads is not None:
+            out["head"] = (_head_embed(self.heads, layer, hid[:n_a]), _head_embed(self.heads, layer, hid[n_a:]))
+        return out
+
+
+def run_probe(
+    model,
+    processor,
+    scenes,
+    *,
+    heads=None,
+    pairs: PairSet | None = None,
+    layers: list[int] | None = None,
+    deltas: tuple[int, ...] = (0, 1, 2),
+    max_gap: int = MAX_GAP_LIMIT,
+    pairs_per_gap: int = 2,
+    grid: int = 8,
+    temperature: float = DEFAULT_TEMPERATURE,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    model_name: str | None = None,
+) -> ProbeReport:
+    """Probe ``model`` on held-out ``scenes``.
+
+    Args:
+        model, processor: a supported VLM (see :func:`gasp_plugin.models.registry.get_adapter`)
+            and its processor.
+        scenes: the held-out :class:`~gasp_plugin.data.scene.Scene` list ``pairs`` refers to.
+        heads: GASP heads (``heads.embed(layer, hidden)``) to add the ``head`` descriptor.
+        pairs: pre-selected pairs; by default :func:`select_pairs` with ``max_gap``,
+            ``pairs_per_gap`` and ``grid``.
+        layers: decoder layer indices to probe (default: all).
+        deltas: PCK thresholds in token cells.
+        temperature: softmax temperature of the confidence used for rho.
+        out_dir: when given, ``probe.json`` and the PNGs are written there.
+        progress: show a progress bar over pairs.
+
+    Returns:
+        :class:`ProbeReport`.
+    """
+    from tqdm.auto import tqdm
+
+    from gasp_plugin.models.registry import get_adapter
+
+    if pairs is None:
+        pairs = select_pairs(scenes, max_gap=max_gap, pairs_per_gap=pairs_per_gap, grid=grid)
+    adapter = get_adapter(model)
+    layers = _resolve_layers(layers, len(adapter.decoder_layers(model)))
+    param = next(model.parameters())
+    probe = _PairProbe(*_heads_of(model), heads, temperature)
+    stats: dict = {}
+    matches: dict = {}
+    skipped, layouts, token_grids = Counter(), {}, set()
+    positions = {"idx": None}
+    t0 = time.perf_counter()
+    model.eval()
+    with torch.no_grad(), capture_layers(adapter, model, layers, positions) as store:
+        for pi, pair in enumerate(tqdm(pairs.pairs, desc="probe", unit="pair", disable=not progress)):
+            scene = scenes[pair.scene_index]
+            try:
+                frames = [np.asarray(scene.image(pair.anchor)), np.asarray(scene.image(pair.target))]
+            except (OSError, ValueError) as err:
+                skipped[f"image unreadable: {err}"] += 1
+                continue
+            lay = []
+            for fr in frames:
+                hw = tuple(fr.shape[:2])
+                if hw not in layouts:
+                    layouts[hw] = adapter.frame_layout(processor, hw)
+                lay.append(layouts[hw])
+            inputs = adapter.build_frame_inputs(processor, frames)
+            pos = adapter.frame_token_positions(inputs)[0]  # [2, n]
+            grids = adapter.frame_grids(inputs)[0]
+            for g, l in zip(grids, lay):
+                if tuple(g) != tuple(l.grid_hw):
+                    raise ValueError(f"token grid {tuple(g)} of the inputs differs from the layout's {l.grid_hw}")
+            n_a, n_b = lay[0].num_tokens, lay[1].num_tokens
+            tr = pair.tracks
+            qtok = adapter.pixels_to_tokens(tr.query_xy, lay[0])
+            ttok = adapter.pixels_to_tokens(tr.xy[1], lay[1])
+            valid = tr.visible[1] & (qtok >= 0) & (ttok >= 0)
+            if not bool(valid.any()):
+                skipped["no visible track inside both token grids"] += 1
+                continue
+            positions["idx"] = torch.cat([pos[0, :n_a], pos[1, :n_b]]).to(param.device)
+            store.clear()
+            model(**_to_device(inputs, param.device, param.dtype))
+            qv, tv = qtok[valid].to(param.device), ttok[valid]
+            token_grids.add(tuple(lay[1].grid_hw))
+            for layer in layers:
+                for name, (da, db) in probe.descriptors(store, layer, n_a).items():
+                    pred, conf = match(da[qv], db, temperature)
+                    pred = pred.cpu()
+                    stats.setdefault(name, {}).setdefault(layer, MatchStats(deltas=tuple(deltas))).add(
+                        pred, tv, conf.cpu(), lay[1].grid_hw, pair.gap)
+                    matches.setdefault((name, layer), []).append(PairMatches(
+                        pi, tr.query_xy[valid].tolist(), tr.xy[1][valid].tolist(), pred.tolist(),
+                        tv.tolist(), tuple(lay[1].grid_hw)))
+    if not stats:
+        raise ValueError(f"no pair could be probed; left out: {dict(skipped)}")
+    report = ProbeReport(
+        model=model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__,
+        pair_set=pairs, stats=stats, deltas=tuple(deltas), temperature=temperature,
+        query_grid=pairs.grid, token_grids=sorted(token_grids), matches=matches, skipped=dict(skipped),
+        meta={"layers_probed": layers, "forwards": sum(1 for _ in matches.get(("qk", layers[0]), [])),
+              "seconds": round(time.perf_counter() - t0, 2), "device": str(param.device),
+              "dtype": str(param.dtype).replace("torch.", ""),
+              "attn_implementation": getattr(model.config, "_attn_implementation", None)},
+    )
+    if out_dir is not None:
+        from gasp_plugin.probe.output import write_outputs
+
+        write_outputs(report, scenes, layouts, out_dir)
+    return report

@@ -1,0 +1,193 @@
+"""The probe end to end on tiny random models: report schema, files, token bookkeeping, CLI."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gasp_plugin.assets import asset_path
+from gasp_plugin.data.scene import Scene, open_scene
+from gasp_plugin.models.registry import get_adapter
+from gasp_plugin.models.tiny import build_tiny_model, save_tiny_model
+from gasp_plugin.probe.pairs import select_pairs
+from gasp_plugin.probe.runner import run_probe, token_centres
+
+SUMMARY_KEYS = {"peak_layer", "pck0", "pck1", "pck2", "chance_pck2", "rho", "robustness_max_gap",
+                "max_gap", "covisible_max_gap"}
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen():
+    return build_tiny_model("qwen2_vl", hidden_size=64, num_layers=2, image_size=224)
+
+
+@pytest.fixture(scope="module")
+def hololens():
+    return open_scene(asset_path("hololens-000"))
+
+
+class StaticScene(Scene):
+    """The same textured frame and pose repeated: every track stays on its pixel."""
+
+    def __init__(self, n=4, h=224, w=224):
+        self.name, self.n = "static", n
+        rng = np.random.default_rng(0)
+        self.img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        self.h, self.w = h, w
+
+    def __len__(self):
+        return self.n
+
+    def image(self, i):
+        return self.img
+
+    def depth(self, i):
+        return np.full((self.h, self.w), 2.0, np.float32)
+
+    def intrinsics(self, i):
+        return np.array([[200.0, 0, (self.w - 1) / 2], [0, 200.0, (self.h - 1) / 2], [0, 0, 1]])
+
+    def pose(self, i):
+        return np.eye(4)
+
+
+class OneHotHeads(torch.nn.Module):
+    """Oracle heads: token k of a frame gets the k-th unit vector, whatever the hidden state."""
+
+    def embed(self, layer, hidden):
+        return torch.eye(hidden.shape[0], dtype=torch.float32)
+
+
+def _check_fraction(v):
+    assert v is None or (isinstance(v, float) and 0.0 <= v <= 1.0), v
+
+
+def test_probe_json_schema_and_figures(tiny_qwen, hololens, tmp_path):
+    model, processor = tiny_qwen
+    report = run_probe(model, processor, [hololens], max_gap=4, pairs_per_gap=1, out_dir=tmp_path,
+                       progress=False, model_name="tiny-qwen")
+    data = json.loads((tmp_path / "probe.json").read_text())
+    assert set(data["summary"]) == {"qk", "hidden"}  # no heads given
+    for desc, s in data["summary"].items():
+        assert set(s) == SUMMARY_KEYS
+        for k in ("pck0", "pck1", "pck2", "chance_pck2", "covisible_max_gap"):
+            _check_fraction(s[k])
+        assert s["pck0"] <= s["pck1"] <= s["pck2"]
+        assert s["max_gap"] == 4 and s["peak_layer"] in (0, 1)
+        assert s["rho"] is None or -1.0 <= s["rho"] <= 1.0
+    assert data["scenes"] == ["hololens-000"]
+    assert [p["gap"] for p in data["pairs"]] == [1, 2, 3, 4]
+    assert set(data["gaps"]) == {"1", "2", "3", "4"}
+    for g in data["gaps"].values():
+        assert set(g) == {"pairs", "rotation_deg", "translation_m", "covisible"}
+        _check_fraction(g["covisible"])
+    assert [r["layer"] for r in data["layers"]["qk"]] == [0, 1]
+    # 224-pixel budget on a 540x360 frame: the processor's grid, recorded, with the exact chance
+    gh, gw = data["token_grids"][0]
+    assert gh * gw > 16
+    # the per-layer table and the JSON agree
+    assert report.summary()["qk"]["pck2"] == data["summary"]["qk"]["pck2"]
+    for name in ("pck_per_layer.png", "robustness.png", "matches.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.size[0] > 300 and im.size[1] > 200
+    assert "qk pck@2 (chance)" in report.table()
+
+
+def test_oracle_descriptor_is_perfect_on_a_static_scene(tiny_qwen):
+    """With the target frame identical to the anchor, truth token == query token, so one-hot
+    descriptors must score 1.0 at delta 0; this checks the runner's query/truth bookkeeping."""
+    model, processor = tiny_qwen
+    scene = StaticScene()
+    report = run_probe(model, processor, [scene], heads=OneHotHeads(), max_gap=3, pairs_per_gap=1,
+                       progress=False)
+    s = report.summary()["head"]
+    assert s["pck0"] == 1.0 and s["pck2"] == 1.0
+    assert s["robustness_max_gap"] == 1.0 and s["covisible_max_gap"] == 1.0
+    assert s["rho"] is None  # every match correct: the correlation is undefined
+    assert s["chance_pck2"] < 0.5
+    # hidden states of the second frame are not copies of the first's (context, positions)
+    assert report.stats["hidden"][0].num_queries == report.stats["head"][0].num_queries
+
+
+def test_token_centres_invert_the_adapter_mapping(tiny_qwen, hololens):
+    model, processor = tiny_qwen
+    adapter = get_adapter(model)
+    layout = adapter.frame_layout(processor, hololens.image(0).shape[:2])
+    centres = token_centres(layout)
+    assert torch.equal(adapter.pixels_to_tokens(centres, layout), torch.arange(layout.num_tokens))
+
+
+def test_probe_bad_inputs(tiny_qwen, hololens):
+    model, processor = tiny_qwen
+    with pytest.raises(ValueError, match="out of range"):
+        run_probe(model, processor, [hololens], layers=[5], max_gap=1, pairs_per_gap=1, progress=False)
+
+
+def main(argv):
+    """``gasp probe ...`` through the probe command's own parser (the registry entry is checked
+    separately, so these tests do not depend on other commands' modules)."""
+    import argparse
+
+    from gasp_plugin.probe import cli
+
+    assert argv[0] == "probe"
+    parser = argparse.ArgumentParser(prog="gasp probe")
+    cli.add_arguments(parser)
+    return cli.run(parser.parse_args(argv[1:]))
+
+
+def test_probe_is_registered_and_cheap_to_import():
+    import subprocess
+    import sys
+
+    from gasp_plugin.cli import COMMANDS
+
+    assert COMMANDS["probe"][0] == "gasp_plugin.probe.cli"
+    code = "import sys, gasp_plugin.probe.cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_probe_cli_on_a_saved_checkpoint_and_a_peft_adapter(tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+
+    ckpt = save_tiny_model("qwen2_vl", tmp_path / "ckpt", hidden_size=64, num_layers=2, image_size=112)
+    scene_dir = str(asset_path("hololens-000"))
+    out = tmp_path / "probe"
+    rc = main(["probe", "--model", str(ckpt), "--scenes", scene_dir, "--max-gap", "2", "--grid", "6",
+               "--pairs-per-gap", "1", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "peak layers" in printed and "probe.json" in printed
+    data = json.loads((out / "probe.json").read_text())
+    assert data["query_grid"] == 6 and data["max_gap"] == 2
+
+    # a LoRA adapter folder: base loaded from base_model_name_or_path, adapter merged
+    from transformers import AutoModelForImageTextToText
+
+    base = AutoModelForImageTextToText.from_pretrained(ckpt)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=r".*language_model.*\.(q|k)_proj"))
+    adapter_dir = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter_dir)
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(ckpt)
+    rc = main(["probe", "--model", str(adapter_dir), "--scenes", scene_dir, "--max-gap", "1",
+               "--pairs-per-gap", "1", "--out", str(tmp_path / "probe2"), "--no-progress"])
+    assert rc == 0
+
+
+def test_probe_cli_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint folder"):
+        main(["probe", "--model", str(tmp_path), "--scenes", str(asset_path("hololens-000"))])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        main(["probe", "--model", "tiny:qwen2_vl", "--scenes", str(tmp_path / "nope")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="neither a scene nor a folder of scenes"):
+        main(["probe", "--model", "tiny:qwen2_vl", "--scenes", str(tmp_path / "empty")])
