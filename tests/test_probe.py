@@ -191,3 +191,24 @@ def test_probe_cli_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="neither a scene nor a folder of scenes"):
         main(["probe", "--model", "tiny:qwen2_vl", "--scenes", str(tmp_path / "empty")])
+
+
+def test_probe_on_llava_with_center_crop(hololens):
+    """LLaVA's processor resizes and centre-crops: tracks falling outside the crop are left out,
+    the others are scored on its 14-pixel token grid."""
+    model, processor = build_tiny_model("llava", hidden_size=64, num_layers=2, image_size=112)
+    report = run_probe(model, processor, [hololens], max_gap=2, pairs_per_gap=1, progress=False)
+    assert report.token_grids == [(8, 8)]
+    st = report.stats["qk"][0]
+    visible = sum(int(p.tracks.visible[1].sum()) for p in report.pair_set.pairs)
+    assert 0 < st.num_queries < visible  # the crop removes the side columns of the 3:2 frame
+    assert st.chance_pck(0) == pytest.approx(1 / 64)
+
+
+def test_model_from_recipe():
+    from gasp_plugin.probe.loading import load_probe_model
+
+    model, processor, name = load_probe_model("tiny_cpu")
+    adapter = get_adapter(model)
+    assert len(adapter.decoder_layers(model)) == model.config.get_text_config().num_hidden_layers == 4
+    assert name == "tiny_cpu"

@@ -52,7 +52,7 @@ def _load_peft(path: Path):
 def _load_from_recipe(spec: str):
     from gasp_plugin.train.recipe import load_recipe
 
-    recipe = load_recipe(spec)
+    recipe = load_recipe(spec, validate_gasp=False)  # the probe needs only the model section
     m = recipe.model
     if m.tiny_type:
         from gasp_plugin.models.tiny import build_tiny_model

@@ -182,6 +182,7 @@ def run_probe(
     matches: dict = {}
     skipped, layouts, token_grids = Counter(), {}, set()
     positions = {"idx": None}
+    forwards = 0
     t0 = time.perf_counter()
     model.eval()
     with torch.no_grad(), capture_layers(adapter, model, layers, positions) as store:
@@ -215,6 +216,7 @@ def run_probe(
             positions["idx"] = torch.cat([pos[0, :n_a], pos[1, :n_b]]).to(param.device)
             store.clear()
             model(**_to_device(inputs, param.device, param.dtype))
+            forwards += 1
             qv, tv = qtok[valid].to(param.device), ttok[valid]
             token_grids.add(tuple(lay[1].grid_hw))
             for layer in layers:
@@ -232,7 +234,7 @@ def run_probe(
         model=model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__,
         pair_set=pairs, stats=stats, deltas=tuple(deltas), temperature=temperature,
         query_grid=pairs.grid, token_grids=sorted(token_grids), matches=matches, skipped=dict(skipped),
-        meta={"layers_probed": layers, "forwards": sum(1 for _ in matches.get(("qk", layers[0]), [])),
+        meta={"layers_probed": layers, "forwards": forwards,
               "seconds": round(time.perf_counter() - t0, 2), "device": str(param.device),
               "dtype": str(param.dtype).replace("torch.", ""),
               "attn_implementation": getattr(model.config, "_attn_implementation", None)},
