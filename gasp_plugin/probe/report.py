@@ -142,18 +142,24 @@ class ProbeReport:
         return path
 
     def table(self) -> str:
-        """Terminal table: per layer, PCK@delta per descriptor with its chance level beside it."""
-        cols = [f"{d} pck@{k} (chance)" for d in self.descriptors for k in self.deltas]
-        widths = [max(len(c), 15) for c in cols]
-        lines = ["layer  " + "  ".join(c.rjust(w) for c, w in zip(cols, widths))]
-        all_layers = sorted({l for d in self.descriptors for l in self.layers(d)})
-        for layer in all_layers:
+        """Terminal table: per layer, PCK@delta per descriptor, with a ``chance`` row (every
+        descriptor and layer is scored on the same queries, so they share one chance level)."""
+        descs, ks = self.descriptors, self.deltas
+        group = "  ".join(f"@{k}".rjust(5) for k in ks)
+        width = len(group)
+        lines = [
+            "layer   " + " | ".join(d.center(width) for d in descs),
+            "        " + " | ".join(group for _ in descs),
+        ]
+        ref = self.stats[descs[0]][self.layers(descs[0])[0]]
+        chance = "  ".join(f"{ref.chance_pck(k):5.3f}" for k in ks)
+        lines.append("chance  " + " | ".join(chance for _ in descs))
+        for layer in sorted({l for d in descs for l in self.layers(d)}):
             cells = []
-            for d in self.descriptors:
+            for d in descs:
                 st = self.stats[d].get(layer)
-                for k in self.deltas:
-                    cells.append("-" if st is None else f"{st.pck(k):.3f} ({st.chance_pck(k):.3f})")
-            lines.append(f"{layer:>5}  " + "  ".join(c.rjust(w) for c, w in zip(cells, widths)))
+                cells.append("  ".join("  -  " if st is None else f"{st.pck(k):5.3f}" for k in ks))
+            lines.append(f"{layer:>5}   " + " | ".join(cells))
         summ = self.summary()
         lines.append("")
         lines.append(f"peak layers (PCK@{PEAK_DELTA}); robustness = PCK@2(gap {self.max_gap()}) / PCK@2(gap 1):")
