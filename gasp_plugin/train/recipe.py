@@ -266,6 +266,11 @@ def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as err:
             raise RecipeError(f"override {item!r}: the value is not valid YAML ({err})") from err
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string; users mean a number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         parsed.append((key.strip(), value))
     return parsed
 

@@ -1,0 +1,86 @@
+"""Recipe loading: every shipped YAML parses; overrides; errors name the key path and the file."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gasp_plugin.train.recipe import RecipeError, load_recipe, parse_overrides, recipe_to_dict, shipped_recipes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_shipped_recipe_loads_and_documents_its_launch_line():
+    recipes = shipped_recipes()
+    names = {p.name for p in recipes}
+    assert {"qwen2vl_gasp.yaml", "tiny_cpu.yaml", "llava_video_gasp.yaml"} <= names
+    for path in recipes:
+        recipe = load_recipe(path)  # validates gasp: against GaspConfig too
+        header = path.read_text().split("\n\n")[0]
+        assert header.startswith("#") and "Launch" in path.read_text(), path
+        if recipe.training.deepspeed:
+            assert (ROOT / recipe.training.deepspeed).is_file(), path
+
+
+def test_paper_recipe_values():
+    r = load_recipe(ROOT / "recipes/qwen2vl_gasp.yaml")
+    assert (r.lora.r, r.training.learning_rate, r.training.head_lr_scale) == (128, 1e-4, 4.0)
+    assert (r.training.max_grad_norm, r.training.bf16, r.training.gradient_checkpointing) == (1.0, True, True)
+    assert r.model.attn_implementation == "flash_attention_2"
+    assert r.training.lr_scheduler_type == "cosine"
+    ds = json.loads((ROOT / r.training.deepspeed).read_text())
+    assert ds["zero_optimization"]["stage"] == 2
+
+
+@pytest.mark.parametrize("name", ["ds_zero2.json", "ds_zero3.json"])
+def test_deepspeed_configs_leave_batch_and_precision_to_the_recipe(name):
+    ds = json.loads((ROOT / "recipes" / name).read_text())
+    for key in ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps"):
+        assert ds[key] == "auto"
+    assert ds["bf16"]["enabled"] == "auto" and ds["fp16"]["enabled"] == "auto"
+    assert "optimizer" not in ds  # the Trainer's torch optimizer (with the head param group) is used
+
+
+def test_overrides_are_parsed_as_yaml_and_applied():
+    r = load_recipe("tiny_cpu", ["training.max_steps=7", "training.bf16=false", "data.geometry.scenes=[a, b]",
+                                 "model.tiny.hidden_size=64"])
+    assert r.training.max_steps == 7 and r.data.geometry.scenes == ["a", "b"] and r.model.tiny.hidden_size == 64
+    assert r.model.tiny_type == "qwen2_vl"
+    assert parse_overrides(["a.b=1e-4"]) == [("a.b", 1e-4)]
+    assert recipe_to_dict(r)["training"]["max_steps"] == 7
+
+
+def test_unknown_key_names_the_path_and_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  path: tiny:qwen2_vl\ntraining:\n  lerning_rate: 0.1\n")
+    with pytest.raises(RecipeError, match=r"training\.lerning_rate.*bad\.yaml.*learning_rate"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match=r"unknown key 'lora\.rank'"):
+        load_recipe("tiny_cpu", ["lora.rank=4"])
+
+
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("training.max_steps=zero", r"training\.max_steps.*expected int"),
+        ("training.max_steps=0", r"max_steps must be >= 1"),
+        ("training.lr_scheduler_type=cosin", r"lr_scheduler_type must be one of .*cosine.*'cosin'"),
+        ("model.attn_implementation=flash", r"attn_implementation must be one of"),
+        ("data.geometry_ratio=1.5", r"geometry_ratio must be in \[0, 1\]"),
+        ("lora.target=(", r"target is not a valid regex"),
+        ("training.bf16=true", None),
+        ("gasp.no_such_field=1", r"gasp\.no_such_field"),
+        ("training", r"expected key\.path=value"),
+    ],
+)
+def test_bad_values_are_errors_naming_the_field(override, pattern):
+    if pattern is None:
+        load_recipe("tiny_cpu", [override])
+        return
+    with pytest.raises(RecipeError, match=pattern):
+        load_recipe("tiny_cpu", [override])
+
+
+def test_missing_recipe_lists_shipped_names():
+    with pytest.raises(RecipeError, match="tiny_cpu"):
+        load_recipe("no_such_recipe")
