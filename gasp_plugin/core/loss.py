@@ -1,0 +1,162 @@
+"""GASP losses: InfoNCE over ground-truth correspondences plus soft-argmax depth consistency.
+
+Shape notation: ``b`` clips, ``t`` target frames, ``p`` anchor points, ``n`` visual tokens per
+frame, ``e`` head embedding size.
+
+Negatives are **local**: for each anchor point and target frame, the candidates are the visual
+tokens of that target frame in the same example (the same 3D point seen in another frame is a true
+match, so other frames are not negatives). Nothing is gathered across ranks, so the loss takes no
+rank/world_size and every rank computes the same function of its own batch.
+
+For each supervised layer, with L2-normalised embeddings and ``s_ij = <a_i, z_j> / tau``:
+
+- correspondence: ``-log softmax_j(s_ij)[pos_i]``, averaged over visible (point, target) pairs;
+- depth: ``A_ij = softmax_j s_ij`` over the target frame's tokens *that have a depth* (tokens whose
+  cell holds no valid depth pixel are left out of the expectation rather than counted as depth 0),
+  ``d_hat = sum_j A_ij d_j``, loss ``|d - d_hat| / (d + d_hat + eps)``, averaged over visible pairs
+  with a known point depth.
+
+Both are computed in fp32 whatever the embedding dtype, averaged over layers, and weighted
+(``corr_weight``, ``depth_weight``). A batch with nothing to supervise gives an exact zero that is
+still connected to every embedding (so all heads receive a gradient, as ZeRO requires).
+
+Stand-alone use in a custom training loop (the handle captures and runs the heads for you)::
+
+    from gasp_plugin import GaspConfig, attach_gasp
+    handle = attach_gasp(model, GaspConfig())
+    out = model(**batch["model_inputs"])                       # geometry batch
+    gasp = handle.compute_loss(batch["gasp_targets"])          # GaspLossOutput
+    (out.loss + gasp.total).backward()                         # or gasp.total alone
+
+or directly on embeddings you computed yourself::
+
+    loss = GaspLoss(GaspConfig())({layer: (anchor_emb, target_emb)}, targets)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from gasp_plugin.core.config import GaspConfig
+from gasp_plugin.core.targets import GaspTargets
+
+__all__ = ["GaspLoss", "GaspLossOutput", "layer_losses"]
+
+_MASKED = -1e9  # logit of padding tokens (finite: a fully padded frame must not give NaN)
+
+
+@dataclass
+class GaspLossOutput:
+    """The weighted total and its parts.
+
+    Attributes:
+        total: ``corr_weight * corr + depth_weight * depth`` (scalar, fp32, with grad).
+        corr: correspondence term averaged over layers.
+        depth: depth term averaged over layers.
+        per_layer: ``{layer: {"corr": tensor, "depth": tensor}}``.
+        num_pairs: visible (point, target frame) pairs supervised by the correspondence term.
+        num_depth_pairs: pairs supervised by the depth term.
+    """
+
+    total: torch.Tensor
+    corr: torch.Tensor
+    depth: torch.Tensor
+    per_layer: dict = field(default_factory=dict)
+    num_pairs: int = 0
+    num_depth_pairs: int = 0
+
+    def log_dict(self, prefix: str = "gasp") -> dict[str, float]:
+        """Flat float values for a logger: total, terms, per-layer terms, pair counts."""
+        out = {
+            f"{prefix}/total": float(self.total.detach()),
+            f"{prefix}/corr": float(self.corr.detach()),
+            f"{prefix}/depth": float(self.depth.detach()),
+            f"{prefix}/pairs": float(self.num_pairs),
+        }
+        for layer, parts in self.per_layer.items():
+            for term, value in parts.items():
+                out[f"{prefix}/{term}/layer_{layer}"] = float(value.detach())
+        return out
+
+
+def _connected_zero(*tensors: torch.Tensor) -> torch.Tensor:
+    return sum(t.float().sum() * 0.0 for t in tensors)
+
+
+def layer_losses(
+    anchor: torch.Tensor, target: torch.Tensor, targets: GaspTargets, *, tau: float, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Correspondence and depth terms of one layer.
+
+    Args:
+        anchor: ``[b, p, e]`` embeddings of the anchor points' tokens.
+        target: ``[b, t, n, e]`` embeddings of the target frames' tokens.
+        targets: the batch's :class:`GaspTargets`.
+
+    Returns:
+        ``(corr, depth, num_pairs, num_depth_pairs)``; terms are fp32 scalars.
+    """
+    b, p, _ = anchor.shape
+    if target.shape[:3] != targets.token_depth.shape or target.shape[0] != b:
+        raise ValueError(
+            f"target embeddings {list(target.shape)} do not match targets.token_depth "
+            f"{list(targets.token_depth.shape)} (expected [b, t, n, e])"
+        )
+    if p != targets.anchor_tokens.shape[1]:
+        raise ValueError(f"anchor embeddings have {p} points, targets have {targets.anchor_tokens.shape[1]}")
+    a = F.normalize(anchor.float(), dim=-1)
+    z = F.normalize(target.float(), dim=-1)
+    logits = torch.einsum("bpe,btne->btpn", a, z) / tau
+    logits = logits.masked_fill(~targets.target_token_mask()[:, :, None, :], _MASKED)
+    valid = targets.valid_pairs()
+    zero = _connected_zero(anchor, target)
+
+    n_pairs = int(valid.sum())
+    if n_pairs:
+        logp = torch.log_softmax(logits, dim=-1)
+        nll = -logp.gather(-1, targets.pos_tokens.clamp(min=0)[..., None]).squeeze(-1)  # [b, t, p]
+        corr = torch.where(valid, nll, torch.zeros_like(nll)).sum() / n_pairs + zero
+    else:
+        corr = zero
+
+    has_depth = targets.token_depth > 0  # [b, t, n]
+    depth_valid = valid & (targets.point_depth > 0) & has_depth.any(-1)[:, :, None]
+    n_depth = int(depth_valid.sum())
+    if n_depth:
+        depth_logits = logits.masked_fill(~has_depth[:, :, None, :], _MASKED)
+        attn = torch.softmax(depth_logits, dim=-1)  # [b, t, p, n]
+        d_hat = torch.einsum("btpn,btn->btp", attn, targets.token_depth.float())
+        d = targets.point_depth.float()
+        rel = (d - d_hat).abs() / (d + d_hat + eps)
+        depth = torch.where(depth_valid, rel, torch.zeros_like(rel)).sum() / n_depth + zero
+    else:
+        depth = zero
+    return corr, depth, n_pairs, n_depth
+
+
+class GaspLoss:
+    """InfoNCE + soft-argmax depth over per-layer embeddings; see the module docstring."""
+
+    def __init__(self, config: GaspConfig | None = None):
+        self.config = config or GaspConfig()
+
+    def __call__(
+        self, embeddings: Mapping[int, tuple[torch.Tensor, torch.Tensor]], targets: GaspTargets
+    ) -> GaspLossOutput:
+        """``embeddings[layer] = (anchor [b, p, e], target [b, t, n, e])`` -> :class:`GaspLossOutput`."""
+        if not embeddings:
+            raise ValueError("GaspLoss needs embeddings of at least one layer")
+        cfg = self.config
+        per_layer = {}
+        n_pairs = n_depth = 0
+        for layer, (anchor, target) in embeddings.items():
+            corr, depth, n_pairs, n_depth = layer_losses(anchor, target, targets, tau=cfg.tau, eps=cfg.depth_eps)
+            per_layer[layer] = {"corr": corr, "depth": depth}
+        corr = torch.stack([v["corr"] for v in per_layer.values()]).mean()
+        depth = torch.stack([v["depth"] for v in per_layer.values()]).mean()
+        total = cfg.corr_weight * corr + cfg.depth_weight * depth
+        return GaspLossOutput(total, corr, depth, per_layer, n_pairs, n_depth)
