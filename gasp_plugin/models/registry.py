@@ -35,6 +35,7 @@ __all__ = [
     "get_adapter",
     "supported_model_types",
     "pixels_to_tokens",
+    "find_module",
 ]
 
 
@@ -143,6 +144,18 @@ class VLMAdapter(ABC):
             raise ValueError(f"decoder layer indices are not contiguous: {sorted(found)}")
         return [found[i] for i in range(len(found))]
 
+    def forward_bounds(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """``(embed_tokens, final_norm)`` of the LLM: run once per forward, outside checkpointing."""
+        return (
+            find_module(model, r"(?:^|\.)language_model\.embed_tokens$")[1],
+            find_module(model, r"(?:^|\.)language_model\.norm$")[1],
+        )
+
+    def visual_token_ids(self) -> list[int]:
+        """Token ids that mark visual tokens in ``input_ids`` (from the model config)."""
+        ids = [getattr(self.config, "image_token_id", None), getattr(self.config, "video_token_id", None)]
+        return [int(i) for i in ids if i is not None]
+
     def attention_projections(self, layer: nn.Module) -> tuple[nn.Module, nn.Module]:
         """``(q_proj, k_proj)`` of a decoder layer (LoRA wrappers included when present)."""
         attn = getattr(layer, "self_attn", None)
@@ -228,3 +241,16 @@ def get_adapter(model_or_config: Any) -> VLMAdapter:
     if mt not in _ADAPTERS:
         raise ValueError(f"model_type {mt!r} is not supported by GASP; supported: {sorted(_ADAPTERS)}")
     return _ADAPTERS[mt](config)
+
+
+def find_module(model: nn.Module, pattern: str) -> tuple[str, nn.Module]:
+    """The one module whose full name matches ``pattern`` (PEFT copies excluded)."""
+    rx = re.compile(pattern)
+    hits = [
+        (name, m)
+        for name, m in model.named_modules()
+        if rx.search(name) and ".modules_to_save." not in name and ".original_module" not in name
+    ]
+    if len(hits) != 1:
+        raise ValueError(f"expected one module matching {pattern!r}, found {[n for n, _ in hits]}")
+    return hits[0]

@@ -1,0 +1,211 @@
+"""Attach GASP to a transformers VLM, compute its loss after a forward, and detach it again.
+
+``attach_gasp`` registers the heads as a submodule, ``model.gasp_heads`` (so PEFT
+``modules_to_save=["gasp_heads"]`` trains and saves them and DeepSpeed partitions and all-reduces
+them with the model), and forward hooks that capture the supervised layers' visual-token spans
+(:mod:`gasp_plugin.core.capture`). Attach before ``get_peft_model`` / ``deepspeed.initialize``.
+
+    handle = attach_gasp(model, GaspConfig())
+    out = model(**inputs)                      # geometry batch
+    gasp = handle.compute_loss(targets)        # GaspLossOutput: total, corr, depth, per layer
+    loss = out.loss + gasp.total               # instruction batch: out.loss + handle.zero_loss()
+    handle.save_heads("heads.safetensors")
+    detach_gasp(model)                         # plain model again: same state_dict keys, same outputs
+
+Shape notation: ``b`` batch, ``S`` captured span, ``e`` embedding size, as in
+:mod:`gasp_plugin.core.targets`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gasp_plugin.core.capture import VisualCapture, gather_span
+from gasp_plugin.core.config import HEADS_ATTR, GaspConfig
+from gasp_plugin.core.head import GaspHeads, gathered_params
+from gasp_plugin.core.loss import GaspLoss, GaspLossOutput
+from gasp_plugin.core.targets import GaspTargets
+
+__all__ = ["GaspHandle", "attach_gasp", "detach_gasp", "load_heads", "HEADS_ATTR"]
+
+_HANDLE_ATTR = "_gasp_handle"
+_FORMAT = "gasp-heads-v1"
+
+
+def _text_hidden_size(config: Any) -> int:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(text.hidden_size)
+
+
+class GaspHandle:
+    """What :func:`attach_gasp` returns: the loss after a forward, zero loss, head I/O, detach."""
+
+    def __init__(self, model: nn.Module, adapter, config: GaspConfig, layers: list[int], capture: VisualCapture):
+        self.model, self.adapter, self.config, self.layers = model, adapter, config, layers
+        self.capture = capture
+        self.loss_fn = GaspLoss(config)
+
+    @property
+    def heads_module(self) -> nn.Module:
+        """``model.gasp_heads`` (a PEFT ``ModulesToSaveWrapper`` when PEFT wrapped it)."""
+        return getattr(self.model, HEADS_ATTR)
+
+    @property
+    def heads(self) -> GaspHeads:
+        """The trainable :class:`GaspHeads` (PEFT's active copy under ``modules_to_save``)."""
+        module = self.heads_module
+        if isinstance(module, GaspHeads):
+            return module
+        copies = getattr(module, "modules_to_save", None)
+        active = getattr(module, "active_adapter", None)
+        if copies is not None and active is not None:
+            key = active[0] if isinstance(active, (list, tuple)) else active
+            if key in copies:
+                return copies[key]
+        return module.original_module
+
+    def _embed(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        fn = self.heads_module
+        if self.config.head_checkpoint and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(fn, hidden, layer, use_reentrant=False)
+        return fn(hidden, layer)
+
+    def compute_loss(self, targets: GaspTargets) -> GaspLossOutput:
+        """GASP loss of the last forward's captured states against ``targets``."""
+        if not isinstance(targets, GaspTargets):
+            raise TypeError(f"targets must be GaspTargets, got {type(targets).__name__}")
+        states = self.capture.take()["hidden"]
+        start, mask = self.capture.span[0], self.capture.visual_mask
+        targets = targets.to(mask.device)
+        tp = targets.token_positions
+        if tp.shape[0] != mask.shape[0]:
+            raise ValueError(f"targets are for {tp.shape[0]} rows but the forward had {mask.shape[0]}")
+        ok = torch.gather(mask, 1, tp.clamp(min=0).reshape(tp.shape[0], -1)).reshape(tp.shape)
+        if not bool(ok[tp >= 0].all()):
+            raise ValueError("targets.token_positions point at non-visual tokens of the last forward's input_ids")
+        rows = torch.arange(tp.shape[0], device=tp.device)
+        anchor_pos = tp[rows, targets.anchor_frame]  # [b, n]
+        anchor_pos = torch.where(
+            targets.anchor_tokens >= 0, torch.gather(anchor_pos, 1, targets.anchor_tokens.clamp(min=0)), -1
+        )  # [b, p]
+        frames = targets.target_frames.clamp(min=0)
+        target_pos = torch.gather(tp, 1, frames[..., None].expand(-1, -1, tp.shape[-1]))  # [b, t, n]
+        target_pos = torch.where((targets.target_frames >= 0)[..., None], target_pos, -1)
+        embeddings = {}
+        for layer in self.layers:
+            emb = self._embed(states[layer], layer)  # [b, S, e]
+            embeddings[layer] = (gather_span(emb, anchor_pos, start), gather_span(emb, target_pos, start))
+        return self.loss_fn(embeddings, targets.to(emb.device))
+
+    def zero_loss(self) -> torch.Tensor:
+        """A zero that touches every head (weight 0), for steps without geometry."""
+        self.capture.clear()
+        heads = self.heads
+        param = next(heads.parameters())
+        total = torch.zeros((), device=param.device)
+        probe = torch.zeros(1, heads.d_model, device=param.device, dtype=param.dtype)
+        for layer in self.layers if not heads.config.shared_head else self.layers[:1]:
+            total = total + self.heads_module(probe, layer).float().sum() * 0.0
+        return total
+
+    def save_heads(self, path: str | Path) -> Path:
+        """Write the heads (and their config) to a safetensors file."""
+        return save_heads(self.heads, path)
+
+    def load_heads(self, path: str | Path) -> None:
+        """Load heads saved by :meth:`save_heads` into the attached heads (shapes must match)."""
+        loaded = load_heads(path)
+        heads = self.heads
+        if loaded.layers != heads.layers or loaded.d_model != heads.d_model:
+            raise ValueError(
+                f"{path}: heads for layers {loaded.layers} (d={loaded.d_model}) do not fit the attached "
+                f"heads for layers {heads.layers} (d={heads.d_model})"
+            )
+        with gathered_params(heads.parameters(), modify=True):
+            heads.load_state_dict(loaded.state_dict())
+
+    def detach(self) -> nn.Module:
+        return detach_gasp(self.model)
+
+
+def attach_gasp(model: nn.Module, config: GaspConfig | None = None) -> GaspHandle:
+    """Register GASP heads (``model.gasp_heads``) and capture hooks on ``model``; see module doc."""
+    from gasp_plugin.models.registry import get_adapter
+
+    config = config or GaspConfig()
+    if not isinstance(config, GaspConfig):
+        raise TypeError(f"config must be a GaspConfig, got {type(config).__name__}")
+    if getattr(model, _HANDLE_ATTR, None) is not None or hasattr(model, HEADS_ATTR):
+        raise ValueError(f"GASP is already attached to this {type(model).__name__}; call detach_gasp(model) first")
+    adapter = get_adapter(model)
+    decoder = adapter.decoder_layers(model)
+    layers = config.resolve_layers(len(decoder))
+    heads = GaspHeads(_text_hidden_size(adapter.config), layers, config)
+    if config.init == "svd_q":
+        heads.init_from_q({l: _base_weight(adapter.attention_projections(decoder[l][1])[0]) for l in layers})
+    param = next(model.parameters())
+    heads.to(device=param.device)
+    model.add_module(HEADS_ATTR, heads)
+    capture = VisualCapture(model, adapter, layers, kinds=("hidden",)).start()
+    handle = GaspHandle(model, adapter, config, layers, capture)
+    model.__dict__[_HANDLE_ATTR] = handle
+    return handle
+
+
+def _base_weight(proj: nn.Module) -> nn.Parameter:
+    return getattr(proj, "base_layer", proj).weight
+
+
+def detach_gasp(model_or_handle: Any) -> nn.Module:
+    """Remove the hooks and heads; returns the plain model."""
+    model = model_or_handle.model if isinstance(model_or_handle, GaspHandle) else model_or_handle
+    handle = model.__dict__.pop(_HANDLE_ATTR, None)
+    if handle is None:
+        raise ValueError(f"GASP is not attached to this {type(model).__name__}")
+    handle.capture.stop()
+    if HEADS_ATTR in model._modules:
+        del model._modules[HEADS_ATTR]
+    return model
+
+
+def save_heads(heads: GaspHeads, path: str | Path) -> Path:
+    """Write ``heads`` to ``path`` (safetensors; config, d_model and layers in the metadata)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gathered_params(heads.parameters()):
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in heads.state_dict().items()}
+    meta = {
+        "format": _FORMAT,
+        "d_model": str(heads.d_model),
+        "layers": json.dumps(heads.layers),
+        "config": json.dumps(heads.config.to_dict()),
+    }
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def load_heads(path: str | Path) -> GaspHeads:
+    """:class:`GaspHeads` from a file written by :func:`save_heads` / ``handle.save_heads``."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no GASP heads file at {path}")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a GASP heads file (metadata format={meta.get('format')!r}, expected {_FORMAT!r})")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    cfg = json.loads(meta["config"])
+    heads = GaspHeads(int(meta["d_model"]), json.loads(meta["layers"]), GaspConfig(**cfg))
+    heads.load_state_dict(tensors)
+    return heads

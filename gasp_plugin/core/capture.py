@@ -1,0 +1,159 @@
+"""Capture of visual-token states inside a running VLM, by forward hooks.
+
+What is kept: for each chosen decoder layer, a *view* ``[b, S, ·]`` of the layer output (and
+optionally of its q_proj / k_proj outputs, pre-RoPE) over the span ``[start, end)`` of sequence
+positions that holds visual tokens: the first to the last visual token of the batch. A view costs
+no memory (the layer output is kept for backward anyway), and text tokens outside the span are
+never touched.
+
+Capture is *armed* when the LLM's token embedding runs (its input_ids give the span) and
+*disarmed* when the LLM's final norm runs. Gradient checkpointing re-runs decoder layers during
+backward, after the final norm, so those calls are counted (``recomputed``) but never captured
+again. A layer that runs twice within one armed forward is an error.
+
+Shape notation: ``b`` batch rows, ``L`` sequence length, ``S`` span length, ``d`` hidden size.
+
+    with VisualCapture(model, adapter, layers=[0, 3], kinds=("hidden", "q", "k")) as cap:
+        model(**inputs)
+    states = cap.take()            # {"hidden": {0: [b, S, d], 3: ...}, "q": ..., "k": ...}
+    cap.span                       # (start, end) of the captured positions
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["VisualCapture"]
+
+_KINDS = ("hidden", "q", "k")
+
+
+def _first(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+class VisualCapture:
+    """Forward hooks that keep visual-token spans of chosen decoder layers; see module docstring."""
+
+    def __init__(self, model: nn.Module, adapter, layers: Iterable[int], kinds: Iterable[str] = ("hidden",), detach: bool = False):
+        self.kinds = tuple(kinds)
+        bad = [k for k in self.kinds if k not in _KINDS]
+        if bad or not self.kinds:
+            raise ValueError(f"capture kinds must be a non-empty subset of {list(_KINDS)}, got {list(self.kinds)}")
+        self.model, self.adapter, self.detach = model, adapter, detach
+        decoder = adapter.decoder_layers(model)
+        self.layers = sorted({int(i) for i in layers})
+        out_of_range = [i for i in self.layers if not 0 <= i < len(decoder)]
+        if out_of_range:
+            raise ValueError(f"layers {out_of_range} out of range for {len(decoder)} decoder layers")
+        self._decoder = decoder
+        self._visual_ids = adapter.visual_token_ids()
+        self._handles: list = []
+        self._armed = False
+        self.span: tuple[int, int] | None = None
+        self.visual_mask: torch.Tensor | None = None
+        self.states: dict[str, dict[int, torch.Tensor]] = {k: {} for k in self.kinds}
+        self.recomputed = 0
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def _arm(self, _module, args, kwargs=None):
+        ids = args[0] if args else (kwargs or {}).get("input")
+        self.states = {k: {} for k in self.kinds}
+        self.span, self.visual_mask, self._armed = None, None, True
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+            return
+        mask = torch.isin(ids, torch.tensor(self._visual_ids, device=ids.device))
+        cols = torch.nonzero(mask.any(0), as_tuple=False).flatten()
+        if cols.numel():
+            self.span = (int(cols[0]), int(cols[-1]) + 1)
+            self.visual_mask = mask
+
+    def _disarm(self, *_):
+        self._armed = False
+
+    def _store(self, kind: str, layer: int):
+        def hook(_module, _inputs, output):
+            if not self._armed:
+                self.recomputed += kind == "hidden"
+                return
+            if self.span is None:
+                return
+            if layer in self.states[kind]:
+                raise RuntimeError(f"decoder layer {layer} ran twice in one forward; cannot tell which output to use")
+            out = _first(output)[:, self.span[0] : self.span[1]]
+            self.states[kind][layer] = out.detach() if self.detach else out
+
+        return hook
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> "VisualCapture":
+        if self._handles:
+            return self
+        embed, norm = self.adapter.forward_bounds(self.model)
+        self._handles.append(embed.register_forward_pre_hook(self._arm))
+        self._handles.append(norm.register_forward_hook(self._disarm))
+        for layer in self.layers:
+            module = self._decoder[layer][1]
+            if "hidden" in self.kinds:
+                self._handles.append(module.register_forward_hook(self._store("hidden", layer)))
+            if "q" in self.kinds or "k" in self.kinds:
+                q, k = self.adapter.attention_projections(module)
+                for kind, proj in (("q", q), ("k", k)):
+                    if kind in self.kinds:
+                        self._handles.append(proj.register_forward_hook(self._store(kind, layer)))
+        return self
+
+    def stop(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._armed = False
+
+    def __enter__(self) -> "VisualCapture":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
+    def take(self) -> dict[str, dict[int, torch.Tensor]]:
+        """The states of the last forward (then forgotten). Raises if nothing was captured."""
+        if self.span is None or not any(self.states.values()):
+            raise RuntimeError(
+                "no visual-token states were captured: run the model forward on inputs with input_ids "
+                "holding visual tokens (inputs_embeds alone cannot be located) before computing the GASP loss"
+            )
+        missing = [l for l in self.layers if l not in self.states[self.kinds[0]]]
+        if missing:
+            raise RuntimeError(f"layers {missing} did not run in the last forward")
+        states, self.states = self.states, {k: {} for k in self.kinds}
+        return states
+
+    def clear(self) -> None:
+        self.states = {k: {} for k in self.kinds}
+
+    def gather(self, kind: str, layer: int, positions: torch.Tensor) -> torch.Tensor:
+        """``[b, *idx, ·]`` states at sequence ``positions [b, *idx]`` (-1 -> zeros), without taking."""
+        x = self.states[kind][layer]
+        return gather_span(x, positions, self.span[0])
+
+
+def gather_span(x: torch.Tensor, positions: torch.Tensor, start: int) -> torch.Tensor:
+    """Rows of a span tensor ``x [b, S, c]`` at absolute sequence ``positions [b, *idx]``.
+
+    Padding positions (-1) give zero rows. Returns ``[b, *idx, c]``.
+    """
+    b, span, c = x.shape
+    rel = positions.to(x.device) - start
+    pad = positions < 0
+    if bool(((rel < 0) | (rel >= span))[~pad.to(x.device)].any()):
+        raise ValueError(f"positions fall outside the captured visual span [{start}, {start + span})")
+    flat = rel.clamp(0, span - 1).reshape(b, -1)
+    out = torch.gather(x, 1, flat[..., None].expand(-1, -1, c)).reshape(*positions.shape, c)
+    return out.masked_fill(pad.to(x.device)[..., None], 0.0)
