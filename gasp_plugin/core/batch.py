@@ -1,0 +1,180 @@
+"""Geometry examples and their collator: a clip + its tracks -> model inputs + :class:`GaspTargets`.
+
+Shape notation: ``f`` frames, ``t`` target frames, ``p`` points, ``n`` tokens per frame,
+``h, w`` frame size. One example is a batch of one; :class:`GeometryCollator` pads and stacks.
+
+Per (anchor point, target frame) the targets hold the token of the target frame whose cell
+contains the track's pixel, a visibility mask (the track is visible *and* inside the token grid,
+e.g. not cropped away by LLaVA's centre crop), the point's depth in the target frame, and per
+target-frame token the median of the valid depth pixels in its cell (0 when it has none). The
+anchor point's own token comes from ``tracks.query_xy`` in the anchor frame.
+
+With Qwen video input (``as_video=True``), each temporal group of ``temporal_patch_size`` frames
+is one "frame" of the targets, with the geometry of its first frame (see
+:mod:`gasp_plugin.models.qwen2_vl`); the anchor must be a group's first frame.
+
+    example = build_geometry_example(clip, tracks, processor, adapter)
+    batch = GeometryCollator(processor)([example, ...])
+    out = model(**{k: v for k, v in batch.items() if k != "gasp_targets"})
+    loss = handle.compute_loss(batch["gasp_targets"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from gasp_plugin.core.targets import GaspTargets
+
+__all__ = ["build_geometry_example", "GeometryCollator", "token_depths", "TARGETS_KEY"]
+
+#: key of the :class:`GaspTargets` in an example / batch dict
+TARGETS_KEY = "gasp_targets"
+
+_SEQ_KEYS = {"input_ids": None, "attention_mask": 0, "mm_token_type_ids": 0, "labels": -100}
+
+
+def token_depths(depth: np.ndarray | torch.Tensor, layout, adapter) -> torch.Tensor:
+    """``[n]`` median of the valid (finite, > 0) depth pixels in each token's cell; 0 if none.
+
+    ``depth`` is ``[h, w]`` at the frame's original resolution. Even counts take the lower median
+    (as ``torch.median``).
+    """
+    d = torch.as_tensor(np.asarray(depth), dtype=torch.float32)
+    h, w = d.shape
+    if (h, w) != tuple(layout.orig_hw):
+        raise ValueError(f"depth map is {h}x{w} but the frame is {layout.orig_hw[0]}x{layout.orig_hw[1]}")
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    tok = adapter.pixels_to_tokens(torch.stack([xs, ys], -1), layout).flatten()
+    d = d.flatten()
+    keep = (tok >= 0) & torch.isfinite(d) & (d > 0)
+    tok, d = tok[keep], d[keep]
+    n = layout.num_tokens
+    out = torch.zeros(n)
+    if tok.numel() == 0:
+        return out
+    order = torch.argsort(d, stable=True)
+    order = order[torch.argsort(tok[order], stable=True)]  # grouped by token, ascending depth within
+    counts = torch.bincount(tok, minlength=n)
+    starts = torch.cumsum(counts, 0) - counts
+    has = counts > 0
+    median_idx = starts[has] + (counts[has] - 1) // 2
+    out[has] = d[order][median_idx]
+    return out
+
+
+def _check_inputs(clip, tracks) -> None:
+    f = len(clip.images)
+    if tracks.num_frames != f:
+        raise ValueError(
+            f"clip {clip.scene!r} has {f} frames but its tracks cover {tracks.num_frames}; "
+            "compute the tracks on the same clip"
+        )
+    if tracks.num_points == 0:
+        raise ValueError(f"clip {clip.scene!r}: tracks hold no points (no anchor pixel had valid depth?)")
+    if tracks.anchor is None or not 0 <= tracks.anchor < f:
+        raise ValueError(f"tracks.anchor={tracks.anchor} is not a frame row of a {f}-frame clip")
+    if len(clip.depth) != f:
+        raise ValueError(f"clip {clip.scene!r} has {f} images but {len(clip.depth)} depth maps")
+
+
+def build_geometry_example(
+    clip, tracks, processor: Any, adapter, *, prompt: str = "Describe the frames.", as_video: bool = False
+) -> dict:
+    """Model inputs (batch of one) plus ``gasp_targets`` for one clip; see the module docstring."""
+    _check_inputs(clip, tracks)
+    frames = [np.asarray(im) for im in clip.images]
+    if as_video:
+        if not hasattr(adapter, "build_video_inputs"):
+            raise ValueError(f"{type(adapter).__name__} has no video input; use as_video=False")
+        from gasp_plugin.models.qwen2_vl import check_video_pairs, video_geometry_frames
+
+        tps = adapter.temporal_patch_size
+        rows = video_geometry_frames(len(frames), tps)
+        check_video_pairs(tracks.anchor, [r for r in rows if r // tps != tracks.anchor // tps], tps)
+        inputs = adapter.build_video_inputs(processor, frames, prompt=prompt)
+    else:
+        rows = list(range(len(frames)))
+        inputs = adapter.build_frame_inputs(processor, frames, prompt=prompt)
+    positions = adapter.frame_token_positions(inputs)  # [1, f', n]
+    layouts = [adapter.frame_layout(processor, frames[r].shape[:2]) for r in rows]
+    anchor_slot = rows.index(tracks.anchor)
+    anchor_tokens = adapter.pixels_to_tokens(tracks.query_xy.float(), layouts[anchor_slot])  # [p]
+    slots = [i for i in range(len(rows)) if i != anchor_slot]
+    pos = torch.stack([adapter.pixels_to_tokens(tracks.xy[rows[i]].float(), layouts[i]) for i in slots])  # [t, p]
+    visible = torch.stack([tracks.visible[rows[i]].bool() for i in slots]) & (pos >= 0)
+    depth = torch.stack([tracks.depth[rows[i]].float() for i in slots])
+    depth = torch.where(visible & torch.isfinite(depth) & (depth > 0), depth, torch.zeros_like(depth))
+    n = positions.shape[-1]
+    tok_depth = torch.zeros(len(slots), n)
+    for j, i in enumerate(slots):
+        d = token_depths(clip.depth[rows[i]], layouts[i], adapter)
+        tok_depth[j, : d.numel()] = d
+    targets = GaspTargets(
+        token_positions=positions,
+        anchor_frame=torch.tensor([anchor_slot]),
+        anchor_tokens=anchor_tokens[None],
+        target_frames=torch.tensor([slots]),
+        pos_tokens=pos[None],
+        visible=visible[None],
+        point_depth=depth[None],
+        token_depth=tok_depth[None],
+    )
+    return {**inputs, TARGETS_KEY: targets}
+
+
+def _pad_to(x: torch.Tensor, shape: tuple[int, ...], value) -> torch.Tensor:
+    out = torch.full(shape, value, dtype=x.dtype)
+    out[tuple(slice(0, s) for s in x.shape)] = x
+    return out
+
+
+def _stack_targets(items: list[GaspTargets]) -> GaspTargets:
+    pad_values = {"visible": False, "point_depth": 0.0, "token_depth": 0.0}
+    out = {}
+    for fld in fields(GaspTargets):
+        ts = [getattr(it, fld.name)[0] for it in items]
+        shape = tuple(max(t.shape[d] for t in ts) for d in range(ts[0].dim()))
+        value = pad_values.get(fld.name, -1)
+        out[fld.name] = torch.stack([_pad_to(t, shape, value) for t in ts])
+    return GaspTargets(**out)
+
+
+class GeometryCollator:
+    """Pads sequences (right side) and stacks vision tensors and targets of geometry examples.
+
+    Sequence keys (``input_ids`` with the tokenizer's pad id, ``attention_mask`` and
+    ``mm_token_type_ids`` with 0, ``labels`` with -100) are padded; other tensors (pixel values,
+    grids) are concatenated along dim 0, as the models expect; ``gasp_targets`` are padded with
+    -1 / False / 0.
+    """
+
+    def __init__(self, processor: Any):
+        pad = getattr(processor.tokenizer, "pad_token_id", None)
+        if pad is None:
+            raise ValueError("the tokenizer has no pad_token_id; set one before collating geometry examples")
+        self.pad_id = int(pad)
+
+    def __call__(self, examples: list[dict]) -> dict:
+        if not examples:
+            raise ValueError("no examples to collate")
+        keys = set(examples[0])
+        for i, ex in enumerate(examples):
+            if set(ex) != keys:
+                raise ValueError(f"example {i} has keys {sorted(ex)} but example 0 has {sorted(keys)}")
+        batch = {}
+        length = max(int(ex["input_ids"].shape[-1]) for ex in examples)
+        for key in sorted(keys - {TARGETS_KEY}):
+            values = [ex[key] for ex in examples]
+            if key in _SEQ_KEYS:
+                fill = self.pad_id if _SEQ_KEYS[key] is None else _SEQ_KEYS[key]
+                batch[key] = torch.cat([_pad_to(v, (v.shape[0], length), fill) for v in values])
+            elif isinstance(values[0], torch.Tensor):
+                batch[key] = torch.cat(values)
+            else:
+                batch[key] = values
+        batch[TARGETS_KEY] = _stack_targets([ex[TARGETS_KEY] for ex in examples])
+        return batch
