@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tracks": ("gasp_plugin.geometry.cli", "compute ground-truth point tracks on a scene"),
     "bench": ("gasp_plugin.bench.cli", "benchmarks: tracks, overhead"),
     "probe": ("gasp_plugin.probe.cli", "layer-wise point-matching probe of a VLM on held-out scenes"),
+    "train": ("gasp_plugin.train.launch", "train with GASP from a recipe: gasp train --recipe FILE [key=value ...]"),
 }
 
 

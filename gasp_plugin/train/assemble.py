@@ -1,0 +1,224 @@
+"""Assembling a run from a recipe: arguments, model (+ LoRA + heads), data streams, trainer.
+
+Each piece is a small function of the recipe; :func:`build_run` wires them. Files that every rank
+needs (a tiny model, generated scenes and instructions) are made once by the local main process;
+the others wait for its ``.gasp_ready`` marker (:func:`ensure_once`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["ensure_once", "build_run", "Run", "training_arguments", "apply_lora", "open_scenes"]
+
+logger = logging.getLogger("gasp_plugin.train")
+_READY = ".gasp_ready"
+
+
+def ensure_once(target: Path, is_main: bool, make: Callable[[Path], Any], timeout_s: float = 1800) -> Path:
+    """``make(target)`` once (by the local main process); other processes wait for it."""
+    target = Path(target)
+    marker = target / _READY
+    if marker.is_file():
+        return target
+    if is_main:
+        make(target)
+        marker.write_text("ok")
+        return target
+    deadline = time.monotonic() + timeout_s
+    while not marker.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:.0f} s for the main process to create {target}")
+        time.sleep(0.5)
+    return target
+
+
+def training_arguments(recipe, deepspeed_json: str | None, progress: bool):
+    from transformers import TrainingArguments
+
+    t = recipe.training
+    return TrainingArguments(
+        output_dir=t.output_dir, max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type, warmup_steps=int(t.warmup_ratio * t.max_steps),
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, bf16=t.bf16, fp16=t.fp16,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        deepspeed=deepspeed_json, logging_steps=t.logging_steps, save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit, seed=t.seed, data_seed=t.seed,
+        dataloader_num_workers=t.dataloader_num_workers, report_to=list(t.report_to) or "none",
+        remove_unused_columns=False, use_cpu=t.use_cpu, disable_tqdm=not progress,
+        logging_first_step=True,
+    )
+
+
+def apply_lora(model, recipe, heads):
+    """Wrap with PEFT LoRA (``recipe.lora``) or freeze all but the language model; heads stay trainable."""
+    if recipe.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
+                         target_modules=recipe.lora.target, task_type="CAUSAL_LM")
+        model = get_peft_model(model, cfg)
+    else:
+        for name, p in model.named_parameters():
+            p.requires_grad_("language_model" in name)
+    for p in heads.parameters():  # PEFT froze them; they are saved on their own, not in the adapter
+        p.requires_grad_(True)
+    return model
+
+
+def open_scenes(paths: list[str]):
+    """Scenes from folders; a folder that is not a scene itself is read as a folder of scenes."""
+    from gasp_plugin.data import open_scene
+
+    scenes = []
+    for path in map(Path, paths):
+        try:
+            scenes.append(open_scene(path))
+        except ValueError:
+            subs = sorted(d for d in path.iterdir() if d.is_dir()) if path.is_dir() else []
+            if not subs:
+                raise
+            scenes.extend(open_scene(d) for d in subs)
+    return scenes
+
+
+def _geometry_source(recipe, processor, adapter, output_dir: Path, is_main: bool):
+    from gasp_plugin.core.batch import build_geometry_example
+    from gasp_plugin.data import ClipSampler, ClipSamplingError
+    from gasp_plugin.data.instruct import BadSample
+
+    g = recipe.data.geometry
+    paths = list(g.scenes)
+    if g.synthetic is not None:
+        from gasp_plugin.data.synthetic import SyntheticSceneConfig, generate_scenes
+
+        cfg = SyntheticSceneConfig(**g.synthetic.config)
+        folder = Path(g.synthetic.dir) if g.synthetic.dir else output_dir / "data" / "scenes"
+        ensure_once(folder, is_main, lambda out: generate_scenes(out, g.synthetic.count, g.synthetic.seed, cfg))
+        paths.append(str(folder))
+    if not paths:
+        return None
+    sampler = ClipSampler(open_scenes(paths), num_frames=(g.min_frames, g.max_frames), window=g.window,
+                          grid=g.grid, keep=g.keep, seed=recipe.training.seed)
+
+    def source(index: int):
+        try:
+            clip, tracks = sampler.sample(index)
+        except ClipSamplingError as err:
+            raise BadSample(str(err)) from err
+        example = build_geometry_example(clip, tracks, processor, adapter)
+        if example["gasp_targets"].num_visible == 0:
+            raise BadSample(f"clip {clip.scene} frames {clip.frame_ids}: no visible tracks")
+        return example
+
+    return source
+
+
+def _instruct_source(recipe, processor, config, output_dir: Path, is_main: bool):
+    from gasp_plugin.data.instruct import InstructionDataset, load_records, make_synthetic_instructions
+    from gasp_plugin.train.interleave import PermutedSource
+
+    d = recipe.data.instruct
+    files, root = list(d.json), Path(d.media_root) if d.media_root else None
+    if d.synthetic is not None:
+        folder = Path(d.synthetic.dir) if d.synthetic.dir else output_dir / "data" / "instruct"
+        ensure_once(folder, is_main, lambda out: make_synthetic_instructions(out, d.synthetic.count, d.synthetic.seed))
+        files.append(str(folder / "data.json"))
+        root = root or folder
+    if not files:
+        return None, None
+    ds = InstructionDataset(load_records(files), root or Path("."), processor,
+                            image_token_id=config.image_token_id,
+                            video_token_id=getattr(config, "video_token_id", None),
+                            max_length=d.max_length, video_frames=d.video_frames)
+    return ds, PermutedSource(ds.encode, len(ds), recipe.training.seed)
+
+
+@dataclass
+class Run:
+    trainer: Any
+    attn_implementation: str
+    reference_batch: Callable[[], dict]
+
+    def write_reference_outputs(self) -> Path:
+        """Logits of the trained model on one fixed batch (all ranks run it; rank 0 writes
+        ``reference_outputs.pt``), so an exported model can be checked against the trained one."""
+        import torch
+
+        trainer = self.trainer
+        batch = self.reference_batch()
+        inputs = {k: v.to(trainer.args.device) if hasattr(v, "to") else v for k, v in batch.items()}
+        module = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
+        module.eval()
+        with torch.no_grad():
+            logits = module(**inputs).logits.float().cpu()
+        path = Path(trainer.args.output_dir) / "reference_outputs.pt"
+        if trainer.args.should_save:
+            torch.save({"inputs": {k: v.cpu() for k, v in batch.items()}, "logits": logits}, path)
+        return path
+
+
+def build_run(recipe, *, deepspeed_json, progress, resolve_model_path, resolve_attention, resolve_dtype) -> Run:
+    from transformers import AutoModelForImageTextToText
+
+    from gasp_plugin.core.attach import attach_gasp
+    from gasp_plugin.core.batch import GeometryCollator
+    from gasp_plugin.data.instruct import InstructionCollator
+    from gasp_plugin.models.processing import load_processor
+    from gasp_plugin.models.registry import get_adapter
+    from gasp_plugin.train.interleave import (GEOMETRY, INSTRUCT, InterleavedCollator, InterleavedDataset,
+                                              InterleavePlan)
+    from gasp_plugin.train.trainer import GaspTrainer
+
+    args = training_arguments(recipe, deepspeed_json, progress)  # before the model: ZeRO-3 init
+    output_dir = Path(recipe.training.output_dir)
+    is_main = args.local_process_index == 0
+    model_path = resolve_model_path(recipe, output_dir, is_main)
+    attn = resolve_attention(recipe.model.attn_implementation)
+    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=resolve_dtype(recipe), attn_implementation=attn)
+    in_use = getattr(model.config, "_attn_implementation", None)
+    logger.info("attention implementation in use: %s (recipe asked for %s)", in_use, recipe.model.attn_implementation)
+    if in_use != attn:
+        raise RuntimeError(f"asked for {attn} attention but the model runs {in_use}")
+    processor = load_processor(model_path)
+    if recipe.model.min_pixels or recipe.model.max_pixels:
+        ip = processor.image_processor
+        for key in ("min_pixels", "max_pixels"):
+            if getattr(recipe.model, key):
+                setattr(ip, key, getattr(recipe.model, key))
+    adapter = get_adapter(model)
+    forward_keys = frozenset(inspect.signature(model.forward).parameters)
+    handle = attach_gasp(model, recipe.gasp_config())
+    model = apply_lora(model, recipe, handle.heads)
+
+    geometry = _geometry_source(recipe, processor, adapter, output_dir, is_main)
+    instruct_ds, instruct = _instruct_source(recipe, processor, model.config, output_dir, is_main)
+    sources = {k: v for k, v in ((GEOMETRY, geometry), (INSTRUCT, instruct)) if v is not None}
+    t = recipe.training
+    plan = InterleavePlan(seed=t.seed, geometry_ratio=recipe.data.geometry_ratio, world_size=args.world_size,
+                          batch_size=t.per_device_train_batch_size,
+                          num_steps=t.max_steps * t.gradient_accumulation_steps)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    collator = InterleavedCollator(
+        {GEOMETRY: GeometryCollator(processor), INSTRUCT: InstructionCollator(tokenizer.pad_token_id)}, forward_keys)
+    trainer = GaspTrainer(
+        model=model, args=args, train_dataset=InterleavedDataset(plan, sources), data_collator=collator,
+        processing_class=processor, gasp_handle=handle, head_lr_scale=t.head_lr_scale,
+        trace_dir=str(output_dir / "trace") if t.trace_data else None,
+    )
+
+    def reference_batch():
+        sample = instruct(0) if instruct is not None else geometry(0)
+        kind = INSTRUCT if instruct is not None else GEOMETRY
+        batch = collator.collators[kind]([sample])
+        return {k: v for k, v in batch.items() if k in forward_keys and k != "labels"}
+
+    return Run(trainer=trainer, attn_implementation=in_use, reference_batch=reference_batch)

@@ -1,0 +1,186 @@
+"""``gasp train --recipe FILE [key=value ...]``: the single entry point of every recipe.
+
+Also callable in-process::
+
+    from gasp_plugin.train.launch import train
+    result = train("recipes/tiny_cpu.yaml", ["training.max_steps=20"])
+    result.output_dir, result.final_step, result.loss_history
+
+Under a distributed launcher (``deepspeed``, ``torchrun``) every rank runs this; a single process
+with a DeepSpeed config gets ``RANK=0 WORLD_SIZE=1`` and a free local port set for it. Nothing
+reaches the Hugging Face hub (``HF_HUB_OFFLINE=1`` unless set otherwise): a model path that is not
+a local folder is an error saying what to do. This module imports torch/transformers only inside
+functions, so ``gasp --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["TrainResult", "train", "add_arguments", "run", "main", "resolve_attention"]
+
+logger = logging.getLogger("gasp_plugin.train")
+DEFAULT_RECIPE = "tiny_cpu"
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: where, how far, and the logged losses (one dict per logging step)."""
+
+    output_dir: Path
+    final_step: int
+    loss_history: list[dict] = field(default_factory=list)
+    counters: dict = field(default_factory=dict)
+    attn_implementation: str = ""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", default=os.environ.get("GASP_RECIPE", DEFAULT_RECIPE),
+                        help="recipe YAML path or shipped name (default: $GASP_RECIPE or tiny_cpu)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help="set by the deepspeed launcher; read from LOCAL_RANK otherwise")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value",
+                        help="recipe overrides, e.g. training.max_steps=100 model.path=/ckpt")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    result = train(args.recipe, args.overrides)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"done: step {result.final_step}, saved to {result.output_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry for launchers that run a file with python (e.g. ``recipes/qwen2vl_gasp.sh``)."""
+    parser = argparse.ArgumentParser(prog="gasp train")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+# ---- environment -------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _single_process_env() -> None:
+    """DeepSpeed in one process needs the torch.distributed variables (else it tries MPI)."""
+    if "WORLD_SIZE" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+
+
+def resolve_attention(requested: str) -> str:
+    """``flash_attention_2`` only with flash-attn and CUDA; otherwise sdpa with a warning."""
+    if requested not in ("auto", "flash_attention_2"):
+        return requested
+    import importlib.util
+
+    import torch
+
+    have_flash = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+    if have_flash:
+        return "flash_attention_2"
+    if requested == "flash_attention_2":
+        logger.warning("flash_attention_2 requested but flash-attn/CUDA is not available: using sdpa")
+    return "sdpa"
+
+
+def _resolve_dtype(recipe):
+    import torch
+
+    name = recipe.model.dtype
+    if name == "auto":
+        name = "bfloat16" if recipe.training.bf16 else "float16" if recipe.training.fp16 else "float32"
+    return getattr(torch, name)
+
+
+def _resolve_deepspeed(recipe) -> str | None:
+    value = recipe.training.deepspeed
+    if not value:
+        return None
+    for candidate in (Path(value), Path(recipe.source).parent / value, Path(recipe.source).parent / Path(value).name):
+        if candidate.is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"training.deepspeed={value!r} in {recipe.source}: no such file")
+
+
+def _resolve_model_path(recipe, output_dir: Path, is_main: bool) -> Path:
+    from gasp_plugin.train.assemble import ensure_once
+
+    tiny = recipe.model.tiny_type
+    if tiny is None:
+        path = Path(recipe.model.path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model.path={recipe.model.path!r} in {recipe.source} is not a local checkpoint folder "
+                "(no config.json). Download the weights first (e.g. `huggingface-cli download "
+                "Qwen/Qwen2.5-VL-7B-Instruct --local-dir DIR`) and set model.path=DIR, or try the "
+                "pipeline on a tiny model: gasp train --recipe tiny_cpu"
+            )
+        return path
+    from gasp_plugin.models.tiny import save_tiny_model
+
+    t = recipe.model.tiny
+    target = Path(t.dir) if t.dir else output_dir / "tiny-model"
+    return ensure_once(target, is_main, lambda out: save_tiny_model(
+        tiny, out, hidden_size=t.hidden_size, num_layers=t.num_layers, num_heads=t.num_heads,
+        vision_depth=t.vision_depth, image_size=t.image_size, seed=t.seed))
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+
+def train(recipe, overrides: list[str] | None = None, *, progress: bool = True) -> TrainResult:
+    """Run a recipe (a path, a shipped name or a loaded :class:`Recipe`) and return the result."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from gasp_plugin.train.recipe import Recipe, load_recipe, recipe_to_dict
+    from gasp_plugin.train.assemble import build_run
+
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    elif overrides:
+        raise ValueError("overrides apply to a recipe path; pass a loaded Recipe already overridden")
+    deepspeed_json = _resolve_deepspeed(recipe)
+    if deepspeed_json:
+        _single_process_env()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    run_ = build_run(recipe, deepspeed_json=deepspeed_json, progress=progress,
+                     resolve_model_path=_resolve_model_path, resolve_attention=resolve_attention,
+                     resolve_dtype=_resolve_dtype)
+    trainer = run_.trainer
+    resume = recipe.training.resume_from_checkpoint
+    if resume == "last":
+        resume = True
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(recipe.training.output_dir)
+    if trainer.args.should_save:
+        import yaml
+
+        Path(recipe.training.output_dir, "gasp_recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe)))
+    if recipe.training.trace_data:
+        run_.write_reference_outputs()
+    history = [h for h in trainer.state.log_history if "loss" in h or "lm" in h or "corr" in h]
+    return TrainResult(
+        output_dir=Path(recipe.training.output_dir),
+        final_step=int(trainer.state.global_step),
+        loss_history=history,
+        counters=dict(trainer.gasp_counters),
+        attn_implementation=run_.attn_implementation,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
