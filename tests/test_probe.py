@@ -62,6 +62,8 @@ class StaticScene(Scene):
 class OneHotHeads(torch.nn.Module):
     """Oracle heads: token k of a frame gets the k-th unit vector, whatever the hidden state."""
 
+    layers = [0, 1]
+
     def embed(self, layer, hidden):
         return torch.eye(hidden.shape[0], dtype=torch.float32)
 
@@ -213,3 +215,30 @@ def test_model_from_recipe():
     adapter = get_adapter(model)
     assert len(adapter.decoder_layers(model)) == model.config.get_text_config().num_hidden_layers == 4
     assert name == "tiny_cpu"
+
+
+def test_probe_cli_with_heads_on_a_synthetic_scene(tmp_path, capsys):
+    """A written synthetic scene read back by the scene reader, a saved tiny checkpoint and a
+    saved heads file: the ``head`` descriptor appears for the layers the heads supervise."""
+    from gasp_plugin.core.attach import save_heads
+    from gasp_plugin.core.config import GaspConfig
+    from gasp_plugin.core.head import GaspHeads
+    from gasp_plugin.data.synthetic import SyntheticSceneConfig, make_synthetic_scene, write_scene
+
+    scene = make_synthetic_scene(SyntheticSceneConfig(height=112, width=112, num_frames=5), seed=3)
+    scenes_dir = tmp_path / "held_out"
+    write_scene(scene, scenes_dir / "scene-a")
+    ckpt = save_tiny_model("qwen2_vl", tmp_path / "ckpt", hidden_size=64, num_layers=2, image_size=112)
+    heads = GaspHeads(64, layers=[1], config=GaspConfig(embed_dim=16, init="random"))
+    heads_file = save_heads(heads, tmp_path / "gasp_heads.safetensors")
+    rc = main(["probe", "--model", str(ckpt), "--scenes", str(scenes_dir), "--heads", str(heads_file),
+               "--max-gap", "24", "--pairs-per-gap", "1", "--out", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 0
+    data = json.loads((tmp_path / "out" / "probe.json").read_text())
+    assert set(data["summary"]) == {"qk", "hidden", "head"}
+    assert data["summary"]["head"]["peak_layer"] == 1
+    assert [r["layer"] for r in data["layers"]["head"]] == [1]
+    assert data["max_gap"] == 4 and data["scenes"] == ["scene-a"]
+    assert data["token_grids"] == [[4, 4]]
+    assert data["summary"]["qk"]["chance_pck2"] > 0.5  # a 4x4 grid: most cells lie within 2
+    assert "head" in capsys.readouterr().out

@@ -5,8 +5,8 @@ hidden size.
 
 Each pair (anchor frame, target frame) is one forward of the model on the two frames given as two
 images (anchor first) with the adapter's minimal prompt. At every probed decoder layer, forward
-hooks keep the rows of the visual tokens of the layer's output hidden states and of its
-``q_proj`` / ``k_proj`` outputs (pre-rotary). A query is the anchor token holding a track's anchor
+hooks (:class:`gasp_plugin.core.capture.VisualCapture`) keep the visual tokens of the layer's
+output hidden states and of its ``q_proj`` / ``k_proj`` outputs (pre-rotary). A query is the anchor token holding a track's anchor
 pixel; its truth is the target token holding the track's pixel in the target frame; only tracks
 visible in the target (and inside both token grids) count. Descriptors (cosine similarity):
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ from gasp_plugin.probe.metrics import DEFAULT_TEMPERATURE, MatchStats, match
 from gasp_plugin.probe.pairs import MAX_GAP_LIMIT, PairSet, select_pairs
 from gasp_plugin.probe.report import PairMatches, ProbeReport
 
-__all__ = ["run_probe", "token_centres", "load_probe_heads", "capture_layers"]
+__all__ = ["run_probe", "token_centres", "load_probe_heads"]
 
 
 def token_centres(layout) -> torch.Tensor:
@@ -46,37 +45,6 @@ def token_centres(layout) -> torch.Tensor:
     return torch.stack([x, y], dim=-1).double()
 
 
-def _first(output):
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-@contextmanager
-def capture_layers(adapter, model, layers: list[int], positions: dict):
-    """Forward hooks keeping ``hidden``, ``q`` and ``k`` of the given decoder layers at the
-    sequence positions ``positions["idx"]`` (a ``[m]`` long tensor set before each forward) of
-    batch row 0. Yields ``store``: ``store[(kind, layer)] -> [m, *]`` after a forward."""
-    store: dict = {}
-    decoder = adapter.decoder_layers(model)
-    handles = []
-
-    def hook(kind, layer):
-        def fn(_module, _inputs, output):
-            store[(kind, layer)] = _first(output)[0, positions["idx"]].detach()
-        return fn
-
-    try:
-        for layer in layers:
-            module = decoder[layer][1]
-            q_proj, k_proj = adapter.attention_projections(module)
-            handles.append(module.register_forward_hook(hook("hidden", layer)))
-            handles.append(q_proj.register_forward_hook(hook("q", layer)))
-            handles.append(k_proj.register_forward_hook(hook("k", layer)))
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def load_probe_heads(model, path):
     """GASP heads saved by training, as a callable ``(layer, hidden [n, d]) -> [n, e]``."""
     from gasp_plugin.core.attach import load_heads
@@ -87,7 +55,8 @@ def load_probe_heads(model, path):
 
 
 def _head_embed(heads, layer: int, hidden: torch.Tensor) -> torch.Tensor:
-    return heads.embed(layer, hidden)
+    param = next(iter(heads.parameters()), None)
+    return heads.embed(layer, hidden if param is None else hidden.to(param.dtype))
 
 
 def _to_device(inputs: dict, device, dtype) -> dict:
@@ -123,13 +92,17 @@ class _PairProbe:
     def __init__(self, num_heads, num_kv_heads, heads, temperature):
         self.hq, self.hkv, self.heads, self.temperature = num_heads, num_kv_heads, heads, temperature
 
-    def descriptors(self, store, layer, n_a):
-        """``{name: (anchor [n_a, *], target [n_b, *])}`` for one layer."""
-        hid, q, k = store[("hidden", layer)], store[("q", layer)], store[("k", layer)]
-        out = {"qk": qk_descriptors(q[:n_a], k[n_a:], self.hq, self.hkv),
-               "hidden": (hid[:n_a], hid[n_a:])}
-        if self.heads is not None:
-            out["head"] = (_head_embed(self.heads, layer, hid[:n_a]), _head_embed(self.heads, layer, hid[n_a:]))
+    def descriptors(self, cap, layer, pos_a, pos_b):
+        """``{name: (anchor [n_a, *], target [n_b, *])}`` for one layer; ``pos_a`` / ``pos_b``
+        ``[n]`` sequence positions of the two frames' visual tokens."""
+        def rows(kind, pos):
+            return cap.gather(kind, layer, pos[None])[0]
+
+        hid_a, hid_b = rows("hidden", pos_a), rows("hidden", pos_b)
+        out = {"qk": qk_descriptors(rows("q", pos_a), rows("k", pos_b), self.hq, self.hkv),
+               "hidden": (hid_a, hid_b)}
+        if self.heads is not None and layer in self.heads.layers:
+            out["head"] = (_head_embed(self.heads, layer, hid_a), _head_embed(self.heads, layer, hid_b))
         return out
 
 
@@ -170,6 +143,7 @@ def run_probe(
     """
     from tqdm.auto import tqdm
 
+    from gasp_plugin.core.capture import VisualCapture
     from gasp_plugin.models.registry import get_adapter
 
     if pairs is None:
@@ -181,11 +155,11 @@ def run_probe(
     stats: dict = {}
     matches: dict = {}
     skipped, layouts, token_grids = Counter(), {}, set()
-    positions = {"idx": None}
     forwards = 0
     t0 = time.perf_counter()
     model.eval()
-    with torch.no_grad(), capture_layers(adapter, model, layers, positions) as store:
+    capture = VisualCapture(model, adapter, layers, kinds=("hidden", "q", "k"), detach=True)
+    with torch.no_grad(), capture as cap:
         for pi, pair in enumerate(tqdm(pairs.pairs, desc="probe", unit="pair", disable=not progress)):
             scene = scenes[pair.scene_index]
             try:
@@ -213,14 +187,12 @@ def run_probe(
             if not bool(valid.any()):
                 skipped["no visible track inside both token grids"] += 1
                 continue
-            positions["idx"] = torch.cat([pos[0, :n_a], pos[1, :n_b]]).to(param.device)
-            store.clear()
             model(**_to_device(inputs, param.device, param.dtype))
             forwards += 1
             qv, tv = qtok[valid].to(param.device), ttok[valid]
             token_grids.add(tuple(lay[1].grid_hw))
             for layer in layers:
-                for name, (da, db) in probe.descriptors(store, layer, n_a).items():
+                for name, (da, db) in probe.descriptors(cap, layer, pos[0, :n_a], pos[1, :n_b]).items():
                     pred, conf = match(da[qv], db, temperature)
                     pred = pred.cpu()
                     stats.setdefault(name, {}).setdefault(layer, MatchStats(deltas=tuple(deltas))).add(
@@ -228,6 +200,7 @@ def run_probe(
                     matches.setdefault((name, layer), []).append(PairMatches(
                         pi, tr.query_xy[valid].tolist(), tr.xy[1][valid].tolist(), pred.tolist(),
                         tv.tolist(), tuple(lay[1].grid_hw)))
+            cap.clear()
     if not stats:
         raise ValueError(f"no pair could be probed; left out: {dict(skipped)}")
     report = ProbeReport(
