@@ -132,6 +132,10 @@ def test_probe_bad_inputs(tiny_qwen, hololens):
     model, processor = tiny_qwen
     with pytest.raises(ValueError, match="out of range"):
         run_probe(model, processor, [hololens], layers=[5], max_gap=1, pairs_per_gap=1, progress=False)
+    from gasp_plugin.core.head import GaspHeads
+
+    with pytest.raises(ValueError, match="hidden size 32"):
+        run_probe(model, processor, [hololens], heads=GaspHeads(32, [0]), max_gap=1, progress=False)
 
 
 def main(argv):
@@ -208,13 +212,36 @@ def test_probe_on_llava_with_center_crop(hololens):
     assert st.chance_pck(0) == pytest.approx(1 / 64)
 
 
-def test_model_from_recipe():
-    from gasp_plugin.probe.loading import load_probe_model
+def test_model_from_recipe_before_and_after_training(tmp_path):
+    """A recipe gives its starting model until its output_dir holds a saved model; then the trained
+    model, with the heads training saved beside it (a plain state dict) rebuilt from the recipe."""
+    from safetensors.torch import save_file
 
-    model, processor, name = load_probe_model("tiny_cpu")
-    adapter = get_adapter(model)
-    assert len(adapter.decoder_layers(model)) == model.config.get_text_config().num_hidden_layers == 4
-    assert name == "tiny_cpu"
+    from gasp_plugin.core.config import GaspConfig
+    from gasp_plugin.core.head import GaspHeads
+    from gasp_plugin.probe.loading import load_probe_heads, load_probe_model
+
+    out = tmp_path / "run"
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(
+        "model:\n  path: tiny:qwen2_vl\n  tiny: {hidden_size: 64, num_layers: 2, image_size: 112}\n"
+        "gasp: {embed_dim: 16, init: random, layers: [0, 1]}\n"
+        f"training: {{output_dir: {out}}}\n"
+    )
+    pm = load_probe_model(recipe)
+    assert pm.name == "mine" and pm.heads_path is None and "starting model" in pm.source
+    assert len(get_adapter(pm.model).decoder_layers(pm.model)) == 2
+
+    save_tiny_model("qwen2_vl", out, hidden_size=64, num_layers=2, image_size=112, seed=7)
+    trained = GaspHeads(64, [0, 1], GaspConfig(embed_dim=16, init="random", seed=5))
+    save_file(dict(trained.state_dict()), str(out / "gasp_heads.safetensors"), metadata={"format": "pt"})
+    pm = load_probe_model(recipe)
+    assert "trained model" in pm.source and pm.heads_path == out / "gasp_heads.safetensors"
+    heads = load_probe_heads(pm.model, pm.heads_path, pm.gasp_config)
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(heads.embed(1, x), trained.embed(1, x))
+    with pytest.raises(ValueError, match="recipe that trained it"):
+        load_probe_heads(pm.model, pm.heads_path)
 
 
 def test_probe_cli_with_heads_on_a_synthetic_scene(tmp_path, capsys):

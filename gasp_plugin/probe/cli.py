@@ -45,22 +45,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from gasp_plugin.probe.loading import load_probe_model, open_scenes
+    from gasp_plugin.probe.loading import load_probe_heads, load_probe_model, open_scenes
     from gasp_plugin.probe.pairs import select_pairs
     from gasp_plugin.probe.runner import run_probe
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, processor, name = load_probe_model(args.model)
-    model.to(device)
-    heads = None
-    if args.heads:
-        from gasp_plugin.probe.runner import load_probe_heads
-
-        heads = load_probe_heads(model, args.heads)
+    pm = load_probe_model(args.model)
+    model = pm.model.to(device)
+    print(f"model: {pm.source}")
+    heads_path = args.heads or pm.heads_path
+    heads = load_probe_heads(model, heads_path, pm.gasp_config) if heads_path else None
+    if heads is not None:
+        print(f"heads: {heads_path} (layers {heads.layers})")
     scenes = open_scenes(args.scenes)
     pairs = select_pairs(scenes, max_gap=args.max_gap, pairs_per_gap=args.pairs_per_gap, grid=args.grid)
-    report = run_probe(model, processor, scenes, heads=heads, pairs=pairs, layers=args.layers,
-                       out_dir=args.out, progress=not args.no_progress, model_name=name)
+    report = run_probe(model, pm.processor, scenes, heads=heads, pairs=pairs, layers=args.layers,
+                       out_dir=args.out, progress=not args.no_progress, model_name=pm.name)
     print(report.table())
     print(f"\nwrote {args.out}/probe.json and PNGs: " + ", ".join(sorted(report.meta.get("figures", []))))
     return 0

@@ -6,8 +6,9 @@
 - a PEFT adapter folder (``adapter_config.json``): its base model (a local folder named by
   ``base_model_name_or_path``) is loaded and the adapter merged into it;
 - ``tiny:<model_type>``: a tiny random-weight model built from a config (no files needed);
-- a recipe YAML (or a shipped recipe's name): its ``model`` section, i.e. the model the recipe
-  starts training from.
+- a recipe YAML (or a shipped recipe's name): the model the recipe trained, when
+  ``training.output_dir`` holds a saved model (with the GASP heads saved beside it), otherwise the
+  model of its ``model`` section (what the recipe starts from).
 
 Nothing is fetched from the Hugging Face hub.
 """
@@ -15,11 +16,27 @@ Nothing is fetched from the Hugging Face hub.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["load_probe_model", "open_scenes"]
+__all__ = ["ProbeModel", "load_probe_model", "load_probe_heads", "open_scenes"]
 
 _TINY = "tiny:"
+_HEADS_FILE = "gasp_heads.safetensors"  # the file training writes beside the saved model
+
+
+@dataclass
+class ProbeModel:
+    """What ``--model`` resolved to. ``heads_path``/``gasp_config``: heads found beside a trained
+    recipe's output and the recipe's GASP config (to rebuild heads saved as a plain state dict)."""
+
+    model: Any
+    processor: Any
+    name: str
+    heads_path: Path | None = None
+    gasp_config: Any = None
+    source: str = ""
 
 
 def _load_checkpoint(path: Path):
@@ -49,41 +66,89 @@ def _load_peft(path: Path):
     return model, load_processor(path if has_processor else base_dir)
 
 
-def _load_from_recipe(spec: str):
+def _is_checkpoint(path: Path) -> bool:
+    return path.is_dir() and ((path / "adapter_config.json").exists() or (path / "config.json").exists())
+
+
+def _load_from_recipe(spec: str) -> ProbeModel:
     from gasp_plugin.train.recipe import load_recipe
 
-    recipe = load_recipe(spec, validate_gasp=False)  # the probe needs only the model section
+    recipe = load_recipe(spec, validate_gasp=False)  # validated below only when heads need it
+    name = Path(spec).stem
+    out = Path(recipe.training.output_dir)
+    if _is_checkpoint(out):
+        pm = load_probe_model(out)
+        heads = out / _HEADS_FILE
+        return ProbeModel(pm.model, pm.processor, name, heads if heads.is_file() else None,
+                          recipe.gasp_config(), f"trained model of {spec} in {out}")
     m = recipe.model
     if m.tiny_type:
         from gasp_plugin.models.tiny import build_tiny_model
 
         t = m.tiny
-        return build_tiny_model(m.tiny_type, hidden_size=t.hidden_size, num_layers=t.num_layers,
-                                num_heads=t.num_heads, vision_depth=t.vision_depth,
-                                image_size=t.image_size, seed=t.seed)
-    return load_probe_model(m.path)[:2]
+        model, processor = build_tiny_model(m.tiny_type, hidden_size=t.hidden_size, num_layers=t.num_layers,
+                                             num_heads=t.num_heads, vision_depth=t.vision_depth,
+                                             image_size=t.image_size, seed=t.seed)
+    else:
+        pm = load_probe_model(m.path)
+        model, processor = pm.model, pm.processor
+    return ProbeModel(model, processor, name, source=f"starting model of {spec} ({out} holds no saved model)")
 
 
-def load_probe_model(spec: str | Path):
-    """``(model, processor, name)`` for a ``--model`` value; the model is in eval mode."""
+def load_probe_model(spec: str | Path) -> ProbeModel:
+    """Resolve a ``--model`` value (see the module docstring); the model is in eval mode."""
     spec_s = str(spec)
     path = Path(spec_s)
     if spec_s.startswith(_TINY):
         from gasp_plugin.models.tiny import build_tiny_model
 
         model, processor = build_tiny_model(spec_s[len(_TINY):])
+        pm = ProbeModel(model, processor, spec_s, source="tiny random model")
     elif path.is_dir() and (path / "adapter_config.json").exists():
-        model, processor = _load_peft(path)
+        pm = ProbeModel(*_load_peft(path), path.name, source=f"PEFT adapter {path} merged into its base")
     elif path.is_dir() and (path / "config.json").exists():
-        model, processor = _load_checkpoint(path)
+        pm = ProbeModel(*_load_checkpoint(path), path.name, source=f"checkpoint {path}")
     elif path.suffix in (".yaml", ".yml") or (not path.exists() and "/" not in spec_s):
-        model, processor = _load_from_recipe(spec_s)
+        pm = _load_from_recipe(spec_s)
     else:
         raise FileNotFoundError(
             f"--model {spec_s!r}: expected a checkpoint folder (with config.json), a PEFT adapter "
             "folder (with adapter_config.json), a recipe YAML, or tiny:<model_type>"
         )
-    return model.eval(), processor, path.name if path.name else spec_s
+    pm.model.eval()
+    return pm
+
+
+def load_probe_heads(model, path: str | Path, gasp_config=None):
+    """GASP heads for the probe, on the model's device.
+
+    Reads a file written by :func:`gasp_plugin.core.attach.save_heads` (self-describing). A plain
+    state dict (as training saves beside the model) needs ``gasp_config``: the heads are rebuilt
+    for the model's hidden size and the config's layers, then loaded.
+    """
+    from gasp_plugin.core.attach import load_heads
+
+    path = Path(path)
+    try:
+        heads = load_heads(path)
+    except ValueError as err:
+        if gasp_config is None:
+            raise ValueError(f"{err}; a plain heads state dict can be read only with the recipe that "
+                             "trained it (pass the recipe as --model)") from err
+        from safetensors.torch import load_file
+
+        from gasp_plugin.core.head import GaspHeads
+        from gasp_plugin.models.registry import get_adapter
+
+        cfg = model.config.get_text_config()
+        layers = gasp_config.resolve_layers(len(get_adapter(model).decoder_layers(model)))
+        heads = GaspHeads(int(cfg.hidden_size), layers, gasp_config)
+        heads.load_state_dict(load_file(str(path)))
+    hidden = int(model.config.get_text_config().hidden_size)
+    if heads.d_model != hidden:
+        raise ValueError(f"{path}: heads expect hidden size {heads.d_model}, the model has {hidden}")
+    param = next(model.parameters())
+    return heads.to(param.device).eval()
 
 
 def _try_open(path: Path):

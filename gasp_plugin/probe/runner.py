@@ -30,7 +30,7 @@ from gasp_plugin.probe.metrics import DEFAULT_TEMPERATURE, MatchStats, match
 from gasp_plugin.probe.pairs import MAX_GAP_LIMIT, PairSet, select_pairs
 from gasp_plugin.probe.report import PairMatches, ProbeReport
 
-__all__ = ["run_probe", "token_centres", "load_probe_heads"]
+__all__ = ["run_probe", "token_centres"]
 
 
 def token_centres(layout) -> torch.Tensor:
@@ -43,15 +43,6 @@ def token_centres(layout) -> torch.Tensor:
     x = ((cols.reshape(-1) + 0.5) * layout.cell + layout.crop_yx[1]) * (w / rw) - 0.5
     y = ((rows.reshape(-1) + 0.5) * layout.cell + layout.crop_yx[0]) * (h / rh) - 0.5
     return torch.stack([x, y], dim=-1).double()
-
-
-def load_probe_heads(model, path):
-    """GASP heads saved by training, as a callable ``(layer, hidden [n, d]) -> [n, e]``."""
-    from gasp_plugin.core.attach import load_heads
-
-    heads = load_heads(path)
-    device = next(model.parameters()).device
-    return heads.to(device).eval()
 
 
 def _head_embed(heads, layer: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -151,6 +142,9 @@ def run_probe(
     adapter = get_adapter(model)
     layers = _resolve_layers(layers, len(adapter.decoder_layers(model)))
     param = next(model.parameters())
+    hidden_size = int(model.config.get_text_config().hidden_size)
+    if heads is not None and getattr(heads, "d_model", hidden_size) != hidden_size:
+        raise ValueError(f"heads expect hidden size {heads.d_model}, the model has {hidden_size}")
     probe = _PairProbe(*_heads_of(model), heads, temperature)
     stats: dict = {}
     matches: dict = {}
