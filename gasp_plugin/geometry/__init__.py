@@ -3,28 +3,26 @@
 Conventions: OpenCV camera axes (x right, y down, z forward); poses are camera-to-world 4x4
 (``world_from_cam``); depth is z in metres; pixel centres at integer coordinates (pixel ``(u, v)``
 covers ``[u - 0.5, u + 0.5)``). Details in :mod:`gasp_plugin.geometry.camera`.
+
+The functions load lazily, so the ``gasp`` command line can import ``gasp_plugin.geometry.cli``
+without importing torch.
 """
 
-from gasp_plugin.geometry.camera import (
-    check_intrinsics,
-    check_pose,
-    check_shape,
-    invert_pose,
-    pose_problem,
-    project,
-    relative_pose,
-    transform_points,
-    unproject,
-)
+from importlib import import_module
 
-__all__ = [
-    "check_intrinsics",
-    "check_pose",
-    "check_shape",
-    "invert_pose",
-    "pose_problem",
-    "project",
-    "relative_pose",
-    "transform_points",
-    "unproject",
-]
+_CAMERA = "gasp_plugin.geometry.camera"
+_LAZY = {name: _CAMERA for name in (
+    "check_intrinsics", "check_pose", "check_shape", "invert_pose", "pose_problem", "project",
+    "relative_pose", "transform_points", "unproject")}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gasp_plugin.geometry' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

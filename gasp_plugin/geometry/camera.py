@@ -167,7 +167,13 @@ def invert_pose(T: torch.Tensor) -> torch.Tensor:
 
 def relative_pose(world_from_cam_a: torch.Tensor, world_from_cam_b: torch.Tensor) -> torch.Tensor:
     """``cam_b_from_cam_a = inv(world_from_cam_b) @ world_from_cam_a``; inputs ``[*, 4, 4]``
-    (broadcast), output ``[*, 4, 4]``."""
+    (broadcast), output ``[*, 4, 4]``.
+
+    Solved as a linear system rather than with the rigid inverse, so that poses read from files
+    with few digits (rotations orthonormal only to ~1e-6) still give exactly the identity for
+    ``a == b``.
+    """
     check_shape(world_from_cam_a, (4, 4), "world_from_cam_a")
     check_shape(world_from_cam_b, (4, 4), "world_from_cam_b")
-    return invert_pose(world_from_cam_b) @ world_from_cam_a
+    a, b = torch.broadcast_tensors(world_from_cam_a, world_from_cam_b)
+    return torch.linalg.solve(b, a)

@@ -215,7 +215,8 @@ def grid_queries(height: int, width: int, grid: int) -> torch.Tensor:
 
 
 def _lookup_nearest(depth: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
-    """``depth [f, h, w]``, ``xy [f, p, 2]`` -> ``[f, p]`` depth at the nearest pixel (0 outside)."""
+    """``depth [f, h, w]``, ``xy [f, p, 2]`` -> ``[f, p]`` depth at the nearest pixel (0 outside the
+    image or where the depth is not finite)."""
     f, h, w = depth.shape
     u = torch.floor(xy[..., 0] + 0.5)
     v = torch.floor(xy[..., 1] + 0.5)
@@ -224,10 +225,10 @@ def _lookup_nearest(depth: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
     v = torch.where(inside, v, torch.zeros_like(v)).long()
     flat = depth.reshape(f, h * w)
     d = torch.gather(flat, 1, v * w + u).to(xy.dtype)
-    return torch.where(inside, d, torch.zeros_like(d))
+    return torch.where(inside & torch.isfinite(d), d, torch.zeros_like(d))
 
 
-def _as_tensor(x, name: str, dtype: torch.dtype) -> torch.Tensor:
+def _as_tensor(x, dtype: torch.dtype) -> torch.Tensor:
     t = torch.as_tensor(x)
     if not t.is_floating_point():
         t = t.to(dtype)
@@ -259,10 +260,10 @@ def track_points(query_xy, depth, intrinsics, poses, anchor: int, margin: float 
         ``(tracks, kept)``: tracks of the queries with valid anchor depth, and ``kept [p]`` bool
         saying which queries those are.
     """
-    depth = _as_tensor(depth, "depth", torch.float32)
-    intrinsics = _as_tensor(intrinsics, "intrinsics", torch.float64).double()
-    poses = _as_tensor(poses, "poses", torch.float64).double()
-    query_xy = _as_tensor(query_xy, "query_xy", torch.float64)
+    depth = _as_tensor(depth, torch.float32)
+    intrinsics = _as_tensor(intrinsics, torch.float64).double()
+    poses = _as_tensor(poses, torch.float64).double()
+    query_xy = _as_tensor(query_xy, torch.float64)
     check_shape(query_xy, (-1, 2), "query_xy")
     _check_clip(depth, intrinsics, poses)
     f, h, w = depth.shape
@@ -270,7 +271,6 @@ def track_points(query_xy, depth, intrinsics, poses, anchor: int, margin: float 
         raise ValueError(f"anchor: expected a row in [0, {f}), got {anchor!r}")
     if margin < 0 or depth_tolerance <= 0:
         raise ValueError(f"margin must be >= 0 and depth_tolerance > 0, got {margin}, {depth_tolerance}")
-    depth = torch.where(torch.isfinite(depth), depth, torch.zeros_like(depth))
 
     q = query_xy.double()
     d_a = _lookup_nearest(depth[anchor:anchor + 1], q[None])[0]  # [p]
