@@ -71,11 +71,13 @@ def _table(rows: list[tuple[str, str, str]]) -> str:
 
 def covisibility_table(count: int) -> dict[int, float]:
     import numpy as np
+    from tqdm.auto import tqdm
 
     from gasp_plugin.data.synthetic import SyntheticSceneConfig, covisibility, make_synthetic_scene
 
     gaps = [1, 2, 4, 8, 12, 16, 24]
-    per_scene = [covisibility(make_synthetic_scene(SyntheticSceneConfig(), seed), gaps) for seed in range(count)]
+    per_scene = [covisibility(make_synthetic_scene(SyntheticSceneConfig(), seed), gaps)
+                 for seed in tqdm(range(count), desc="co-visibility scenes")]
     return {g: float(np.mean([c[g] for c in per_scene])) for g in gaps}
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "read_matrix",
     "read_pose_rows",
     "scale_intrinsics",
+    "depth_lookup_index",
     "resample_depth_nearest",
     "FileScene",
 ]
@@ -99,21 +100,29 @@ def scale_intrinsics(K: np.ndarray, from_size: tuple[int, int], to_size: tuple[i
     return out
 
 
-def resample_depth_nearest(depth: np.ndarray, K_depth: np.ndarray, K_image: np.ndarray,
-                           image_size: tuple[int, int]) -> np.ndarray:
-    """Depth ``[hd, wd]`` seen with ``K_depth`` -> ``[h, w]`` seen with ``K_image`` from the same
-    camera centre and orientation, by nearest lookup (no blending across depth edges); pixels
-    falling outside the depth map get 0. ``image_size`` is ``(w, h)``."""
+def depth_lookup_index(K_depth: np.ndarray, K_image: np.ndarray, image_size: tuple[int, int],
+                       depth_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """For each image pixel, the flat index of the nearest depth pixel seen from the same camera
+    centre and orientation: ``(index [h*w], inside [h*w] bool)``; ``image_size`` is ``(w, h)``."""
     w, h = image_size
-    hd, wd = depth.shape
+    hd, wd = depth_shape
     M = K_depth @ np.linalg.inv(K_image)  # image pixel -> depth pixel (homogeneous, z = 1)
     u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-    ud = np.floor(M[0, 0] * u + M[0, 1] * v + M[0, 2] + 0.5).astype(np.int64)
-    vd = np.floor(M[1, 0] * u + M[1, 1] * v + M[1, 2] + 0.5).astype(np.int64)
+    ud = np.floor(M[0, 0] * u + M[0, 1] * v + M[0, 2] + 0.5).astype(np.int64).reshape(-1)
+    vd = np.floor(M[1, 0] * u + M[1, 1] * v + M[1, 2] + 0.5).astype(np.int64).reshape(-1)
     inside = (ud >= 0) & (ud < wd) & (vd >= 0) & (vd < hd)
-    out = np.zeros((h, w), dtype=np.float32)
-    out[inside] = depth[vd[inside], ud[inside]]
-    return out
+    return np.where(inside, vd * wd + ud, 0), inside
+
+
+def resample_depth_nearest(depth: np.ndarray, K_depth: np.ndarray, K_image: np.ndarray,
+                           image_size: tuple[int, int], index=None) -> np.ndarray:
+    """Depth ``[hd, wd]`` seen with ``K_depth`` -> ``[h, w]`` seen with ``K_image`` from the same
+    camera centre and orientation, by nearest lookup (no blending across depth edges); pixels
+    falling outside the depth map get 0. ``image_size`` is ``(w, h)``; ``index`` may pass a
+    precomputed :func:`depth_lookup_index`."""
+    w, h = image_size
+    flat, inside = index if index is not None else depth_lookup_index(K_depth, K_image, image_size, depth.shape)
+    return np.where(inside, depth.reshape(-1)[flat], 0).astype(np.float32).reshape(h, w)
 
 
 class FileScene(Scene):
@@ -145,6 +154,7 @@ class FileScene(Scene):
         self._poses = np.asarray(poses, dtype=np.float64)
         self._scale, self._invalid = float(depth_scale), tuple(depth_invalid)
         self._K_depth = None if depth_intrinsics is None else np.asarray(depth_intrinsics, np.float64)
+        self._index_cache: dict = {}
         for i in range(n):
             reason = self._frame_problem(i)
             if reason:
@@ -178,10 +188,13 @@ class FileScene(Scene):
         size = self.image_size(i)
         if d.shape == (size[1], size[0]) and self._K_depth is None:
             return d
-        K_depth = self._K_depth
-        if K_depth is None:
-            K_depth = scale_intrinsics(self._K[i], size, (d.shape[1], d.shape[0]))
-        return resample_depth_nearest(d, K_depth, self._K[i], size)
+        key = (self._K[i].tobytes(), size, d.shape)
+        if key not in self._index_cache:  # one lookup table per camera setup, not per frame
+            K_depth = self._K_depth
+            if K_depth is None:
+                K_depth = scale_intrinsics(self._K[i], size, (d.shape[1], d.shape[0]))
+            self._index_cache[key] = depth_lookup_index(K_depth, self._K[i], size, d.shape)
+        return resample_depth_nearest(d, None, None, size, index=self._index_cache[key])
 
     def image_size(self, i: int) -> tuple[int, int]:
         """``(w, h)`` of frame ``i``'s colour image (read from the file header only)."""
