@@ -1,0 +1,312 @@
+"""What every repository patch needs: ``--gasp_*`` arguments, heads, interleaved data, trainer.
+
+A patched training script does four things, each one call here:
+
+    handle = attach(model, gasp_args)                   # None when --gasp_geometry_data is unset
+    ...  get_peft_model(model, ...) / freezing ...
+    unfreeze_heads(handle)                              # PEFT and freezing froze the heads
+    train_dataset, collator = interleave(train_dataset, collator, handle, processor,
+                                         training_args, gasp_args)
+    trainer = make_trainer(TheirTrainer, handle, gasp_args, model=model, args=training_args, ...)
+
+Without ``--gasp_geometry_data`` every call is a no-op and the script trains as before.
+
+The heads are *not* listed in PEFT ``modules_to_save``: :class:`gasp_plugin.GaspTrainerMixin`
+saves them on their own (``gasp_heads.safetensors``) and removes them from the state dict the
+adapter is written from, so the adapter loads with plain PEFT; PEFT's ``save_pretrained`` cannot
+write a ``modules_to_save`` entry whose weights were removed. :func:`unfreeze_heads` makes them
+trainable instead.
+
+Epochs: with GASP, a geometry step takes the place of an instruction step, so when the script
+gives ``num_train_epochs`` rather than ``max_steps``, :func:`interleave` sets ``max_steps`` to
+cover that many epochs of the instruction data at the geometry ratio (:func:`plan_steps`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+__all__ = [
+    "GaspArguments",
+    "parse_layers",
+    "attach",
+    "unfreeze_heads",
+    "plan_steps",
+    "geometry_source",
+    "interleave",
+    "TrainEvalCollator",
+    "trainer_class",
+    "make_trainer",
+]
+
+logger = logging.getLogger("gasp_plugin.integrations")
+
+_ITEM_KEYS = frozenset({"kind", "sample", "skipped", "reasons", "trace"})  # InterleavedDataset items
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class GaspArguments:
+    """The ``--gasp_*`` arguments (``transformers.HfArgumentParser`` reads them).
+
+    GASP is on when ``gasp_geometry_data`` is set. All names start with ``gasp_`` so the class can
+    also be mixed into a repository's own argument dataclass without clashes; there its
+    ``__post_init__`` may be shadowed, so the helpers call :meth:`validate_gasp` themselves.
+    """
+
+    gasp_geometry_data: Optional[str] = field(
+        default=None, metadata=_help("Comma-separated posed RGB-D scene folders (or folders of scene folders); "
+                                     "setting it turns GASP on."))
+    gasp_ratio: float = field(default=0.5, metadata=_help("Fraction of global steps that are geometry steps."))
+    gasp_layers: str = field(default="all", metadata=_help('Supervised LLM layers: "all", "0,4,-1" or "start:stop".'))
+    gasp_embed_dim: int = field(default=256, metadata=_help("Correspondence head output size."))
+    gasp_tau: float = field(default=0.07, metadata=_help("InfoNCE / soft-argmax temperature."))
+    gasp_corr_weight: float = field(default=0.3, metadata=_help("Weight of the correspondence term."))
+    gasp_depth_weight: float = field(default=1.0, metadata=_help("Weight of the depth-consistency term."))
+    gasp_head_lr_scale: float = field(default=4.0, metadata=_help("Heads train at learning_rate times this."))
+    gasp_min_frames: int = field(default=8, metadata=_help("Fewest frames per geometry clip."))
+    gasp_max_frames: int = field(default=24, metadata=_help("Most frames per geometry clip."))
+    gasp_window: int = field(default=48, metadata=_help("Clip frames come from [anchor - window, anchor + window]."))
+    gasp_grid: int = field(default=8, metadata=_help("Query points per side on the anchor frame."))
+    gasp_keep: float = field(default=0.5, metadata=_help("Fraction of best-tracked query points kept."))
+
+    def __post_init__(self):
+        self.validate_gasp()
+
+    @property
+    def gasp_enabled(self) -> bool:
+        return bool(self.gasp_geometry_data and self.gasp_geometry_data.strip())
+
+    def gasp_scene_paths(self) -> list[str]:
+        return [p.strip() for p in (self.gasp_geometry_data or "").split(",") if p.strip()]
+
+    def validate_gasp(self) -> None:
+        """Raise ValueError naming the ``--gasp_*`` argument, what is allowed and what was given."""
+        checks = [
+            ("gasp_ratio", 0.0 <= self.gasp_ratio <= 1.0, "a number in [0, 1]"),
+            ("gasp_embed_dim", self.gasp_embed_dim >= 1, "an int >= 1"),
+            ("gasp_tau", self.gasp_tau > 0, "a number > 0"),
+            ("gasp_corr_weight", self.gasp_corr_weight >= 0, "a number >= 0"),
+            ("gasp_depth_weight", self.gasp_depth_weight >= 0, "a number >= 0"),
+            ("gasp_head_lr_scale", self.gasp_head_lr_scale > 0, "a number > 0"),
+            ("gasp_min_frames", self.gasp_min_frames >= 2, "an int >= 2"),
+            ("gasp_max_frames", self.gasp_max_frames >= self.gasp_min_frames, f"an int >= gasp_min_frames ({self.gasp_min_frames})"),
+            ("gasp_window", self.gasp_window >= 1, "an int >= 1"),
+            ("gasp_grid", self.gasp_grid >= 1, "an int >= 1"),
+            ("gasp_keep", 0.0 < self.gasp_keep <= 1.0, "a number in (0, 1]"),
+        ]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"--{name} must be {allowed}; got {getattr(self, name)!r}")
+        parse_layers(self.gasp_layers)
+
+    def gasp_config(self):
+        """The :class:`gasp_plugin.GaspConfig` these arguments describe."""
+        from gasp_plugin.core.config import GaspConfig
+
+        return GaspConfig(layers=parse_layers(self.gasp_layers), embed_dim=self.gasp_embed_dim, tau=self.gasp_tau,
+                          corr_weight=self.gasp_corr_weight, depth_weight=self.gasp_depth_weight)
+
+
+def parse_layers(text: str) -> str | list[int]:
+    """``"all"`` -> ``"all"``; ``"0,4,-1"`` -> ``[0, 4, -1]``; ``"2:5"`` -> ``[2, 3, 4]``."""
+    value = str(text).strip()
+    if value == "all":
+        return "all"
+    try:
+        if ":" in value:
+            start, stop = (int(v) for v in value.split(":"))
+            layers = list(range(start, stop))
+        else:
+            layers = [int(v) for v in value.split(",")]
+    except ValueError:
+        layers = []
+    if not layers:
+        raise ValueError(f'--gasp_layers must be "all", comma-separated ints ("0,4,-1") or "start:stop" '
+                         f'with start < stop ("8:16"); got {text!r}')
+    return layers
+
+
+def attach(model, args: GaspArguments):
+    """:func:`gasp_plugin.attach_gasp` with the arguments' config; ``None`` when GASP is off."""
+    args.validate_gasp()
+    if not args.gasp_enabled:
+        return None
+    from gasp_plugin.core.attach import attach_gasp
+
+    handle = attach_gasp(model, args.gasp_config())
+    logger.info("GASP heads attached to %d decoder layers (%s)", len(handle.layers), type(model).__name__)
+    return handle
+
+
+def unfreeze_heads(handle) -> int:
+    """Make the heads trainable again after PEFT or a freezing policy; returns their parameter count."""
+    if handle is None:
+        return 0
+    params = list(handle.heads.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    return sum(p.numel() for p in params)
+
+
+def plan_steps(*, max_steps: int, num_train_epochs: float, num_instruct: int, world_size: int,
+               batch_size: int, accumulation: int, ratio: float) -> tuple[int, int]:
+    """``(micro_steps, optimizer_steps)`` of the interleaved run.
+
+    ``max_steps > 0`` wins. Otherwise the run is long enough that its instruction steps (a
+    ``1 - ratio`` share, in expectation) cover ``num_train_epochs`` passes over ``num_instruct``
+    samples at ``world_size * batch_size`` samples per step.
+    """
+    if max_steps > 0:
+        return max_steps * accumulation, max_steps
+    if ratio >= 1.0:
+        raise ValueError("--gasp_ratio 1 trains on geometry only: set --max_steps (epochs count instruction data)")
+    if num_instruct < 1 or num_train_epochs <= 0:
+        raise ValueError(f"cannot size the run from epochs: {num_instruct} instruction samples, "
+                         f"num_train_epochs={num_train_epochs}; set --max_steps")
+    instruct_steps = math.ceil(num_train_epochs * num_instruct / (world_size * batch_size))
+    optimizer_steps = math.ceil(instruct_steps / (1.0 - ratio) / accumulation)
+    return optimizer_steps * accumulation, optimizer_steps
+
+
+def geometry_source(args: GaspArguments, processor, adapter, seed: int) -> Callable[[int], dict]:
+    """``stream_index -> geometry example`` over the scenes of ``--gasp_geometry_data``.
+
+    Unusable clips raise :class:`gasp_plugin.data.instruct.BadSample` (replaced and counted by
+    :class:`gasp_plugin.train.interleave.InterleavedDataset`).
+    """
+    from gasp_plugin.core.batch import TARGETS_KEY, build_geometry_example
+    from gasp_plugin.data import ClipSampler, ClipSamplingError
+    from gasp_plugin.data.instruct import BadSample
+    from gasp_plugin.train.assemble import open_scenes
+
+    sampler = ClipSampler(open_scenes(args.gasp_scene_paths()), num_frames=(args.gasp_min_frames, args.gasp_max_frames),
+                          window=args.gasp_window, grid=args.gasp_grid, keep=args.gasp_keep, seed=seed)
+
+    def source(index: int) -> dict:
+        try:
+            clip, tracks = sampler.sample(index)
+        except ClipSamplingError as err:
+            raise BadSample(str(err)) from err
+        try:
+            example = build_geometry_example(clip, tracks, processor, adapter)
+        except ValueError as err:
+            raise BadSample(f"clip {clip.scene!r} frames {clip.frame_ids}: {err}") from err
+        if example[TARGETS_KEY].num_visible == 0:
+            raise BadSample(f"clip {clip.scene!r} frames {clip.frame_ids}: no visible tracks")
+        return example
+
+    return source
+
+
+def _instruct_source(dataset) -> Callable[[int], Any]:
+    from gasp_plugin.data.instruct import BadSample
+
+    def source(index: int):
+        try:
+            return dataset[index]
+        except (OSError, ValueError, KeyError) as err:  # unreadable media, malformed record
+            raise BadSample(f"instruction sample {index}: {type(err).__name__}: {err}") from err
+
+    return source
+
+
+def _forward_keys(model) -> frozenset[str] | None:
+    """Named parameters of the (unwrapped) model's forward; None if it takes ``**kwargs`` only."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
+    named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return frozenset(named) or None
+
+
+class _KeepKeys:
+    """Collate with ``collate``, then keep ``keys`` (and the GASP targets) only."""
+
+    def __init__(self, collate: Callable[[list], dict], keys: frozenset[str] | None):
+        self.collate, self.keys = collate, keys
+
+    def __call__(self, examples: list) -> dict:
+        from gasp_plugin.core.batch import TARGETS_KEY
+
+        batch = self.collate(examples)
+        if self.keys is None:
+            return batch
+        return {k: v for k, v in batch.items() if k in self.keys or k == TARGETS_KEY}
+
+
+@dataclass
+class TrainEvalCollator:
+    """Interleaved training items go to ``train``; anything else (evaluation) to ``plain``."""
+
+    train: Callable[[list], dict]
+    plain: Callable[[list], dict]
+
+    def __call__(self, items: list) -> dict:
+        if items and all(isinstance(it, dict) and _ITEM_KEYS <= set(it) for it in items):
+            return self.train(items)
+        return self.plain(items)
+
+
+def interleave(train_dataset, data_collator, handle, processor, training_args, args: GaspArguments):
+    """``(dataset, collator)`` mixing ``train_dataset`` with geometry clips, decided per global step.
+
+    The repository's own dataset and collator serve the instruction steps unchanged. Sets
+    ``training_args.max_steps`` when it was not given (:func:`plan_steps`) and
+    ``remove_unused_columns=False`` (the batches carry GASP targets). A no-op when ``handle`` is None.
+    """
+    if handle is None:
+        return train_dataset, data_collator
+    from gasp_plugin.core.batch import GeometryCollator
+    from gasp_plugin.train.interleave import (GEOMETRY, INSTRUCT, InterleavedCollator, InterleavedDataset,
+                                              InterleavePlan, PermutedSource)
+
+    args.validate_gasp()
+    if not hasattr(train_dataset, "__len__") or not hasattr(train_dataset, "__getitem__"):
+        raise ValueError(f"GASP interleaving needs a map-style training dataset (len and indexing); got "
+                         f"{type(train_dataset).__name__} (streaming datasets are not supported)")
+    ta = training_args
+    n = len(train_dataset)
+    micro, optimizer_steps = plan_steps(max_steps=ta.max_steps, num_train_epochs=ta.num_train_epochs, num_instruct=n,
+                                        world_size=ta.world_size, batch_size=ta.per_device_train_batch_size,
+                                        accumulation=ta.gradient_accumulation_steps, ratio=args.gasp_ratio)
+    if ta.max_steps <= 0:
+        logger.info("GASP: %s epochs of %d instruction samples at geometry ratio %.2f -> max_steps=%d",
+                    ta.num_train_epochs, n, args.gasp_ratio, optimizer_steps)
+        ta.max_steps = optimizer_steps
+    ta.remove_unused_columns = False
+    plan = InterleavePlan(seed=ta.seed, geometry_ratio=args.gasp_ratio, world_size=ta.world_size,
+                          batch_size=ta.per_device_train_batch_size, num_steps=micro)
+    sources = {GEOMETRY: geometry_source(args, processor, handle.adapter, ta.seed)}
+    if n > 0:
+        sources[INSTRUCT] = PermutedSource(_instruct_source(train_dataset), n, ta.seed)
+    geometry_collator = _KeepKeys(GeometryCollator(processor), _forward_keys(handle.model))
+    collator = InterleavedCollator({GEOMETRY: geometry_collator, INSTRUCT: data_collator})
+    return InterleavedDataset(plan, sources), TrainEvalCollator(collator, data_collator)
+
+
+def trainer_class(base: type) -> type:
+    """``base`` with :class:`gasp_plugin.GaspTrainerMixin` mixed in first (``base`` if it has it)."""
+    from gasp_plugin.train.trainer import GaspTrainerMixin
+
+    if issubclass(base, GaspTrainerMixin):
+        return base
+    doc = f"``{base.__name__}`` with GASP terms, head learning rate and head saving (GaspTrainerMixin)."
+    return type(f"Gasp{base.__name__}", (GaspTrainerMixin, base), {"__doc__": doc, "__module__": base.__module__})
+
+
+def make_trainer(trainer_cls: type, handle, gasp_args: GaspArguments, /, **kwargs):
+    """``trainer_cls(**kwargs)``, with GASP mixed in when ``handle`` is not None.
+
+    The first three are positional-only, so ``kwargs`` may hold the Trainer's own ``args``.
+    """
+    if handle is None:
+        return trainer_cls(**kwargs)
+    return trainer_class(trainer_cls)(gasp_handle=handle, head_lr_scale=gasp_args.gasp_head_lr_scale, **kwargs)
