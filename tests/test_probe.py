@@ -64,8 +64,9 @@ class OneHotHeads(torch.nn.Module):
 
     layers = [0, 1]
 
-    def embed(self, layer, hidden):
-        return torch.eye(hidden.shape[0], dtype=torch.float32)
+    def embed(self, layer, hidden):  # [..., n, d] -> [..., n, n]
+        n = hidden.shape[-2]
+        return torch.eye(n).expand(*hidden.shape[:-2], n, n)
 
 
 def _check_fraction(v):
@@ -269,3 +270,17 @@ def test_probe_cli_with_heads_on_a_synthetic_scene(tmp_path, capsys):
     assert data["token_grids"] == [[4, 4]]
     assert data["summary"]["qk"]["chance_pck2"] > 0.5  # a 4x4 grid: most cells lie within 2
     assert "head" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "llava"])
+def test_batching_pairs_changes_nothing(model_type, hololens):
+    model, processor = build_tiny_model(model_type, hidden_size=64, num_layers=2, image_size=112)
+    pairs = select_pairs([hololens], max_gap=5, pairs_per_gap=1)
+    one = run_probe(model, processor, [hololens], pairs=pairs, batch_size=1, progress=False)
+    many = run_probe(model, processor, [hololens], pairs=pairs, batch_size=3, progress=False)
+    assert one.meta["forwards"] == 5 and many.meta["forwards"] == 2
+    for desc in ("qk", "hidden"):
+        for layer in (0, 1):
+            a, b = one.stats[desc][layer], many.stats[desc][layer]
+            assert torch.equal(torch.cat(a.distance), torch.cat(b.distance))
+            torch.testing.assert_close(torch.cat(a.confidence), torch.cat(b.confidence), rtol=1e-4, atol=1e-5)

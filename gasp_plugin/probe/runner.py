@@ -3,8 +3,9 @@
 Notation: ``L`` sequence length, ``n`` visual tokens of a frame, ``p`` tracks of a pair, ``d``
 hidden size.
 
-Each pair (anchor frame, target frame) is one forward of the model on the two frames given as two
-images (anchor first) with the adapter's minimal prompt. At every probed decoder layer, forward
+Each pair (anchor frame, target frame) is one batch row: the two frames given as two images
+(anchor first) with the adapter's minimal prompt; several pairs go through one forward as
+separate rows. At every probed decoder layer, forward
 hooks (:class:`gasp_plugin.core.capture.VisualCapture`) keep the visual tokens of the layer's
 output hidden states and of its ``q_proj`` / ``k_proj`` outputs (pre-rotary). A query is the anchor token holding a track's anchor
 pixel; its truth is the target token holding the track's pixel in the target frame; only tracks
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,24 +79,82 @@ def _heads_of(model) -> tuple[int, int]:
     return hq, hkv
 
 
-class _PairProbe:
-    """Turns one pair's captured tensors into per-descriptor matches."""
+@dataclass
+class _Prepared:
+    """One pair ready for the forward: its inputs, frame layouts and the queries that count."""
 
-    def __init__(self, num_heads, num_kv_heads, heads, temperature):
+    index: int
+    pair: object
+    inputs: dict
+    layouts: tuple
+    qtok: torch.Tensor  # [q] anchor token of each counted track
+    ttok: torch.Tensor  # [q] true target token
+    valid: torch.Tensor  # [p] which tracks count
+
+
+class _PairProbe:
+    """Descriptors and matches for one forward of a batch of pairs."""
+
+    def __init__(self, adapter, processor, num_heads, num_kv_heads, heads, temperature):
+        self.adapter, self.processor = adapter, processor
         self.hq, self.hkv, self.heads, self.temperature = num_heads, num_kv_heads, heads, temperature
+        self.layouts: dict = {}
+
+    def layout(self, hw):
+        if hw not in self.layouts:
+            self.layouts[hw] = self.adapter.frame_layout(self.processor, hw)
+        return self.layouts[hw]
+
+    def prepare(self, index, pair, scene) -> _Prepared | str:
+        """The pair's inputs and counted queries, or the reason it is left out."""
+        try:
+            frames = [np.asarray(scene.image(pair.anchor)), np.asarray(scene.image(pair.target))]
+        except (OSError, ValueError) as err:
+            return f"image unreadable: {err}"
+        lay = tuple(self.layout(tuple(fr.shape[:2])) for fr in frames)
+        tr = pair.tracks
+        qtok = self.adapter.pixels_to_tokens(tr.query_xy, lay[0])
+        ttok = self.adapter.pixels_to_tokens(tr.xy[1], lay[1])
+        valid = tr.visible[1] & (qtok >= 0) & (ttok >= 0)
+        if not bool(valid.any()):
+            return "no visible track inside both token grids"
+        inputs = self.adapter.build_frame_inputs(self.processor, frames)
+        for g, l in zip(self.adapter.frame_grids(inputs)[0], lay):
+            if tuple(g) != tuple(l.grid_hw):
+                raise ValueError(f"token grid {tuple(g)} of the inputs differs from the layout's {l.grid_hw}")
+        return _Prepared(index, pair, inputs, lay, qtok[valid], ttok[valid], valid)
 
     def descriptors(self, cap, layer, pos_a, pos_b):
-        """``{name: (anchor [n_a, *], target [n_b, *])}`` for one layer; ``pos_a`` / ``pos_b``
-        ``[n]`` sequence positions of the two frames' visual tokens."""
-        def rows(kind, pos):
-            return cap.gather(kind, layer, pos[None])[0]
-
-        hid_a, hid_b = rows("hidden", pos_a), rows("hidden", pos_b)
-        out = {"qk": qk_descriptors(rows("q", pos_a), rows("k", pos_b), self.hq, self.hkv),
+        """``{name: (anchor [b, n_a, *], target [b, n_b, *])}`` for one layer; ``pos_a`` /
+        ``pos_b`` ``[b, n]`` sequence positions of the two frames' visual tokens in each row."""
+        hid_a, hid_b = cap.gather("hidden", layer, pos_a), cap.gather("hidden", layer, pos_b)
+        q, k = cap.gather("q", layer, pos_a), cap.gather("k", layer, pos_b)
+        qk = [qk_descriptors(q[r], k[r], self.hq, self.hkv) for r in range(q.shape[0])]
+        out = {"qk": (torch.stack([a for a, _ in qk]), torch.stack([b for _, b in qk])),
                "hidden": (hid_a, hid_b)}
         if self.heads is not None and layer in self.heads.layers:
             out["head"] = (_head_embed(self.heads, layer, hid_a), _head_embed(self.heads, layer, hid_b))
         return out
+
+
+def _batches(prepared: list[_Prepared], batch_size: int):
+    """Consecutive pairs whose inputs have the same sequence length, ``batch_size`` at most."""
+    batch: list[_Prepared] = []
+    for item in prepared:
+        if batch and (len(batch) == batch_size or item.inputs["input_ids"].shape != batch[0].inputs["input_ids"].shape):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+def _stack_inputs(batch: list[_Prepared]) -> dict:
+    """One batch from single-row inputs: every tensor concatenated along dim 0 (rows of
+    ``input_ids``-like tensors; images / patches / grids of the rows' images in order)."""
+    keys = batch[0].inputs.keys()
+    return {k: torch.cat([b.inputs[k] for b in batch]) if isinstance(batch[0].inputs[k], torch.Tensor)
+            else batch[0].inputs[k] for k in keys}
 
 
 def run_probe(
@@ -113,6 +173,7 @@ def run_probe(
     out_dir: str | Path | None = None,
     progress: bool = True,
     model_name: str | None = None,
+    batch_size: int = 8,
 ) -> ProbeReport:
     """Probe ``model`` on held-out ``scenes``.
 
@@ -128,6 +189,9 @@ def run_probe(
         temperature: softmax temperature of the confidence used for rho.
         out_dir: when given, ``probe.json`` and the PNGs are written there.
         progress: show a progress bar over pairs.
+        model_name: the name recorded in the report (default: the config's ``_name_or_path``).
+        batch_size: pairs per forward. Each pair is its own batch row holding the two frames, so
+            batching changes nothing but speed (pairs of different sequence lengths are not mixed).
 
     Returns:
         :class:`ProbeReport`.
@@ -145,56 +209,47 @@ def run_probe(
     hidden_size = int(model.config.get_text_config().hidden_size)
     if heads is not None and getattr(heads, "d_model", hidden_size) != hidden_size:
         raise ValueError(f"heads expect hidden size {heads.d_model}, the model has {hidden_size}")
-    probe = _PairProbe(*_heads_of(model), heads, temperature)
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    probe = _PairProbe(adapter, processor, *_heads_of(model), heads, temperature)
     stats: dict = {}
     matches: dict = {}
-    skipped, layouts, token_grids = Counter(), {}, set()
+    skipped, token_grids = Counter(), set()
     forwards = 0
     t0 = time.perf_counter()
     model.eval()
+    bar = tqdm(total=len(pairs.pairs), desc="probe", unit="pair", disable=not progress)
+    prepared = []
+    for i, pair in enumerate(pairs.pairs):
+        item = probe.prepare(i, pair, scenes[pair.scene_index])
+        if isinstance(item, str):
+            skipped[item] += 1
+            bar.update(1)
+        else:
+            prepared.append(item)
     capture = VisualCapture(model, adapter, layers, kinds=("hidden", "q", "k"), detach=True)
     with torch.no_grad(), capture as cap:
-        for pi, pair in enumerate(tqdm(pairs.pairs, desc="probe", unit="pair", disable=not progress)):
-            scene = scenes[pair.scene_index]
-            try:
-                frames = [np.asarray(scene.image(pair.anchor)), np.asarray(scene.image(pair.target))]
-            except (OSError, ValueError) as err:
-                skipped[f"image unreadable: {err}"] += 1
-                continue
-            lay = []
-            for fr in frames:
-                hw = tuple(fr.shape[:2])
-                if hw not in layouts:
-                    layouts[hw] = adapter.frame_layout(processor, hw)
-                lay.append(layouts[hw])
-            inputs = adapter.build_frame_inputs(processor, frames)
-            pos = adapter.frame_token_positions(inputs)[0]  # [2, n]
-            grids = adapter.frame_grids(inputs)[0]
-            for g, l in zip(grids, lay):
-                if tuple(g) != tuple(l.grid_hw):
-                    raise ValueError(f"token grid {tuple(g)} of the inputs differs from the layout's {l.grid_hw}")
-            n_a, n_b = lay[0].num_tokens, lay[1].num_tokens
-            tr = pair.tracks
-            qtok = adapter.pixels_to_tokens(tr.query_xy, lay[0])
-            ttok = adapter.pixels_to_tokens(tr.xy[1], lay[1])
-            valid = tr.visible[1] & (qtok >= 0) & (ttok >= 0)
-            if not bool(valid.any()):
-                skipped["no visible track inside both token grids"] += 1
-                continue
+        for batch in _batches(prepared, batch_size):
+            inputs = _stack_inputs(batch)
             model(**_to_device(inputs, param.device, param.dtype))
             forwards += 1
-            qv, tv = qtok[valid].to(param.device), ttok[valid]
-            token_grids.add(tuple(lay[1].grid_hw))
+            pos = adapter.frame_token_positions(inputs)  # [b, 2, n]
+            n_a, n_b = batch[0].layouts[0].num_tokens, batch[0].layouts[1].num_tokens
             for layer in layers:
-                for name, (da, db) in probe.descriptors(cap, layer, pos[0, :n_a], pos[1, :n_b]).items():
-                    pred, conf = match(da[qv], db, temperature)
-                    pred = pred.cpu()
-                    stats.setdefault(name, {}).setdefault(layer, MatchStats(deltas=tuple(deltas))).add(
-                        pred, tv, conf.cpu(), lay[1].grid_hw, pair.gap)
-                    matches.setdefault((name, layer), []).append(PairMatches(
-                        pi, tr.query_xy[valid].tolist(), tr.xy[1][valid].tolist(), pred.tolist(),
-                        tv.tolist(), tuple(lay[1].grid_hw)))
+                for name, (da, db) in probe.descriptors(cap, layer, pos[:, 0, :n_a], pos[:, 1, :n_b]).items():
+                    for r, item in enumerate(batch):
+                        pred, conf = match(da[r][item.qtok.to(da.device)], db[r], temperature)
+                        pred, grid_b = pred.cpu(), item.layouts[1].grid_hw
+                        stats.setdefault(name, {}).setdefault(layer, MatchStats(deltas=tuple(deltas))).add(
+                            pred, item.ttok, conf.cpu(), grid_b, item.pair.gap)
+                        tr = item.pair.tracks
+                        matches.setdefault((name, layer), []).append(PairMatches(
+                            item.index, tr.query_xy[item.valid].tolist(), tr.xy[1][item.valid].tolist(),
+                            pred.tolist(), item.ttok.tolist(), tuple(grid_b)))
+            token_grids.update(tuple(item.layouts[1].grid_hw) for item in batch)
             cap.clear()
+            bar.update(len(batch))
+    bar.close()
     if not stats:
         raise ValueError(f"no pair could be probed; left out: {dict(skipped)}")
     report = ProbeReport(
@@ -209,5 +264,5 @@ def run_probe(
     if out_dir is not None:
         from gasp_plugin.probe.output import write_outputs
 
-        write_outputs(report, scenes, layouts, out_dir)
+        write_outputs(report, scenes, probe.layouts, out_dir)
     return report
