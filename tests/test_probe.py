@@ -87,6 +87,8 @@ def test_probe_json_schema_and_figures(tiny_qwen, hololens, tmp_path):
         assert s["max_gap"] == 4 and s["peak_layer"] in (0, 1)
         assert s["rho"] is None or -1.0 <= s["rho"] <= 1.0
     assert data["scenes"] == ["hololens-000"]
+    assert data["meta"]["scene_frames"] == {"hololens-000": 24}
+    assert data["meta"]["figures"] == ["pck_per_layer.png", "robustness.png", "matches.png"]
     assert [p["gap"] for p in data["pairs"]] == [1, 2, 3, 4]
     assert set(data["gaps"]) == {"1", "2", "3", "4"}
     for g in data["gaps"].values():
@@ -270,6 +272,7 @@ def test_probe_cli_with_heads_on_a_synthetic_scene(tmp_path, capsys):
     assert data["token_grids"] == [[4, 4]]
     assert data["summary"]["qk"]["chance_pck2"] > 0.5  # a 4x4 grid: most cells lie within 2
     assert "head" in capsys.readouterr().out
+    assert data["meta"]["heads"] == str(heads_file) and data["meta"]["scene_args"] == [str(scenes_dir)]
 
 
 @pytest.mark.parametrize("model_type", ["qwen2_vl", "llava"])

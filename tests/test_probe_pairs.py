@@ -104,6 +104,8 @@ def test_pairs_without_visible_points_or_with_bad_poses_are_counted():
 def test_select_pairs_rejects_bad_arguments():
     with pytest.raises(ValueError, match="max_gap"):
         select_pairs([PlaneScene()], max_gap=25)
+    with pytest.raises(ValueError, match="grid"):
+        select_pairs([PlaneScene()], grid=0)
     with pytest.raises(ValueError, match="pairs_per_gap"):
         select_pairs([PlaneScene()], pairs_per_gap=0)
     with pytest.raises(ValueError, match="no usable frame pair"):

@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", type=int, default=8, help="query points per side on the anchor frame")
     parser.add_argument("--pairs-per-gap", type=int, default=2, help="anchor frames per scene and gap")
     parser.add_argument("--layers", type=_layers, default=None, help="'all' or comma-separated LLM layer indices")
+    parser.add_argument("--batch-size", type=int, default=8, help="frame pairs per forward (one pair per batch row)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from gasp_plugin.probe.loading import load_probe_heads, load_probe_model, open_scenes
+    from gasp_plugin.probe.output import write_outputs
     from gasp_plugin.probe.pairs import select_pairs
     from gasp_plugin.probe.runner import run_probe
 
@@ -60,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
     scenes = open_scenes(args.scenes)
     pairs = select_pairs(scenes, max_gap=args.max_gap, pairs_per_gap=args.pairs_per_gap, grid=args.grid)
     report = run_probe(model, pm.processor, scenes, heads=heads, pairs=pairs, layers=args.layers,
-                       out_dir=args.out, progress=not args.no_progress, model_name=pm.name)
+                       progress=not args.no_progress, model_name=pm.name, batch_size=args.batch_size)
+    report.meta.update({"model_source": pm.source, "heads": str(heads_path) if heads_path else None,
+                        "scene_args": list(args.scenes)})
+    write_outputs(report, scenes, args.out)
     print(report.table())
     print(f"\nwrote {args.out}/probe.json and PNGs: " + ", ".join(sorted(report.meta.get("figures", []))))
     return 0

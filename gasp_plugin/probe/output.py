@@ -24,7 +24,7 @@ def figure_pair(report: ProbeReport) -> tuple[str, int, int]:
     return best, layer, int(np.argmin([abs(g - want) for g in gaps]))
 
 
-def write_outputs(report: ProbeReport, scenes, layouts: dict, out_dir: str | Path) -> list[Path]:
+def write_outputs(report: ProbeReport, scenes, out_dir: str | Path) -> list[Path]:
     """Write ``pck_per_layer.png``, ``robustness.png``, ``matches.png`` and ``probe.json``."""
     from gasp_plugin.probe.runner import token_centres
 
@@ -36,7 +36,7 @@ def write_outputs(report: ProbeReport, scenes, layouts: dict, out_dir: str | Pat
     pair = report.pair_set.pairs[rec.pair_index]
     scene = scenes[pair.scene_index]
     anchor, target = np.asarray(scene.image(pair.anchor)), np.asarray(scene.image(pair.target))
-    centres = token_centres(layouts[tuple(target.shape[:2])])
+    centres = token_centres(report.layouts[tuple(target.shape[:2])])
     pred_xy = centres[np.asarray(rec.pred)].numpy()
     dist = np.maximum(np.abs(np.asarray(rec.pred) // rec.grid[1] - np.asarray(rec.true) // rec.grid[1]),
                       np.abs(np.asarray(rec.pred) % rec.grid[1] - np.asarray(rec.true) % rec.grid[1]))

@@ -140,6 +140,8 @@ def select_pairs(
     """
     if not 1 <= int(max_gap) <= MAX_GAP_LIMIT:
         raise ValueError(f"max_gap must be in 1..{MAX_GAP_LIMIT}, got {max_gap!r}")
+    if not isinstance(grid, int) or grid < 1:
+        raise ValueError(f"grid (query points per side) must be a positive integer, got {grid!r}")
     if int(pairs_per_gap) < 1:
         raise ValueError(f"pairs_per_gap must be >= 1, got {pairs_per_gap!r}")
     if len(scenes) == 0:

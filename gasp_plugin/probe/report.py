@@ -58,6 +58,7 @@ class ProbeReport:
     matches: dict[tuple[str, int], list[PairMatches]] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    layouts: dict = field(default_factory=dict)  # (h, w) -> FrameLayout of the frames probed
 
     @property
     def descriptors(self) -> list[str]:

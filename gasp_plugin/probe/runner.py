@@ -256,7 +256,9 @@ def run_probe(
         model=model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__,
         pair_set=pairs, stats=stats, deltas=tuple(deltas), temperature=temperature,
         query_grid=pairs.grid, token_grids=sorted(token_grids), matches=matches, skipped=dict(skipped),
-        meta={"layers_probed": layers, "forwards": forwards,
+        layouts=dict(probe.layouts),
+        meta={"layers_probed": layers, "forwards": forwards, "batch_size": int(batch_size),
+              "scene_frames": {s.name: len(s) for s in scenes},
               "seconds": round(time.perf_counter() - t0, 2), "device": str(param.device),
               "dtype": str(param.dtype).replace("torch.", ""),
               "attn_implementation": getattr(model.config, "_attn_implementation", None)},
@@ -264,5 +266,5 @@ def run_probe(
     if out_dir is not None:
         from gasp_plugin.probe.output import write_outputs
 
-        write_outputs(report, scenes, probe.layouts, out_dir)
+        write_outputs(report, scenes, out_dir)
     return report
