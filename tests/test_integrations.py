@@ -66,14 +66,20 @@ def test_plan_steps():
         plan_steps(max_steps=0, **{**kw, "num_instruct": 0})
 
 
-def test_qwen_check_arguments_rejects_flattening():
+def test_qwen_check_arguments_rejects_flattening_and_lr_groups():
     on = GaspArguments(gasp_geometry_data="/scenes")
+    plain_data = types.SimpleNamespace(data_flatten=False, data_packing=False)
+    plain_train = types.SimpleNamespace(mm_projector_lr=None, vision_tower_lr=None)
     for flag in ("data_flatten", "data_packing"):
-        data_args = types.SimpleNamespace(**{"data_flatten": False, "data_packing": False, flag: True})
+        data_args = types.SimpleNamespace(**{**vars(plain_data), flag: True})
         with pytest.raises(ValueError, match=f"--{flag} True cannot be combined"):
-            qwen_vl_finetune.check_arguments(on, data_args)
-        qwen_vl_finetune.check_arguments(GaspArguments(), data_args)  # GASP off: upstream behaviour
-    qwen_vl_finetune.check_arguments(on, types.SimpleNamespace(data_flatten=False, data_packing=False))
+            qwen_vl_finetune.check_arguments(on, data_args, plain_train)
+        qwen_vl_finetune.check_arguments(GaspArguments(), data_args, plain_train)  # GASP off: upstream behaviour
+    for flag in ("mm_projector_lr", "vision_tower_lr"):
+        training_args = types.SimpleNamespace(**{**vars(plain_train), flag: 1e-5})
+        with pytest.raises(ValueError, match=f"--{flag} cannot be combined"):
+            qwen_vl_finetune.check_arguments(on, plain_data, training_args)
+    qwen_vl_finetune.check_arguments(on, plain_data, plain_train)
 
 
 def _finetuning_args(**kw):

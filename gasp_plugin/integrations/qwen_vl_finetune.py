@@ -3,7 +3,7 @@
 The patch adds :class:`GaspArguments` to the script's ``HfArgumentParser`` and these calls:
 
     model_args, data_args, training_args, gasp_args = parser.parse_args_into_dataclasses()
-    gasp.check_arguments(gasp_args, data_args)
+    gasp.check_arguments(gasp_args, data_args, training_args)
     gasp_handle = gasp.attach(model, gasp_args)            # after loading, before LoRA/freezing
     ...
     gasp.unfreeze_heads(gasp_handle)                        # after get_peft_model / set_model
@@ -21,11 +21,16 @@ from gasp_plugin.integrations.common import GaspArguments, attach, interleave, m
 __all__ = ["GaspArguments", "check_arguments", "attach", "unfreeze_heads", "wrap_data_module", "make_trainer"]
 
 
-def check_arguments(gasp_args: GaspArguments, data_args) -> None:
+def check_arguments(gasp_args: GaspArguments, data_args, training_args) -> None:
     """Reject settings GASP cannot train with, naming the flag and the fix."""
     gasp_args.validate_gasp()
     if not gasp_args.gasp_enabled:
         return
+    for flag in ("mm_projector_lr", "vision_tower_lr"):
+        if getattr(training_args, flag, None):
+            raise ValueError(
+                f"--{flag} cannot be combined with --gasp_geometry_data: the GASP trainer builds its own "
+                "optimizer groups (model, heads at --gasp_head_lr_scale) and would ignore it. Leave it unset.")
     for flag in ("data_flatten", "data_packing"):
         if getattr(data_args, flag, False):
             raise ValueError(
