@@ -7,9 +7,11 @@ tokenised samples with its own collator, a Trainer subclass with extra construct
 
 import os
 import types
+from dataclasses import dataclass
 
 import pytest
 import torch
+from transformers import Trainer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -83,7 +85,7 @@ def test_qwen_check_arguments_rejects_flattening_and_lr_groups():
 
 
 def _finetuning_args(**kw):
-    @__import__("dataclasses").dataclass
+    @dataclass
     class FinetuningArguments(GaspArguments):  # what the LLaMA-Factory patch does: GaspArguments as a mixin
         stage: str = "sft"
         use_dft_loss: bool = False
@@ -202,7 +204,7 @@ def _lora(model):
                                             task_type="CAUSAL_LM"))
 
 
-class UpstreamTrainer(__import__("transformers").Trainer):
+class UpstreamTrainer(Trainer):
     """Like LLaMA-Factory's CustomSeq2SeqTrainer: extra constructor arguments, own sampler hook."""
 
     def __init__(self, finetuning_args=None, **kwargs):

@@ -2,6 +2,7 @@
 listed in patches/README.md with their target commit. (The upstream repositories are not needed.)"""
 
 import importlib
+import importlib.util
 import re
 import shutil
 import subprocess
