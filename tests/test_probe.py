@@ -245,6 +245,12 @@ def test_model_from_recipe_before_and_after_training(tmp_path):
     torch.testing.assert_close(heads.embed(1, x), trained.embed(1, x))
     with pytest.raises(ValueError, match="recipe that trained it"):
         load_probe_heads(pm.model, pm.heads_path)
+    # the output folder itself, with the recipe training writes beside the model
+    (out / "gasp_recipe.yaml").write_text(recipe.read_text())
+    pm = load_probe_model(out)
+    assert pm.heads_path == out / "gasp_heads.safetensors" and pm.gasp_config.embed_dim == 16
+    heads = load_probe_heads(pm.model, pm.heads_path, pm.gasp_config)
+    torch.testing.assert_close(heads.embed(0, x), trained.embed(0, x))
 
 
 def test_probe_cli_with_heads_on_a_synthetic_scene(tmp_path, capsys):

@@ -3,6 +3,8 @@
 ``--model`` forms (see :func:`load_probe_model`):
 
 - a checkpoint folder loadable by plain transformers (``config.json`` + weights);
+  ``gasp_heads.safetensors`` beside it (as training saves them) are used unless ``--heads`` is
+  given, with the GASP config of the ``gasp_recipe.yaml`` beside it;
 - a PEFT adapter folder (``adapter_config.json``): its base model (a local folder named by
   ``base_model_name_or_path``) is loaded and the adapter merged into it;
 - ``tiny:<model_type>``: a tiny random-weight model built from a config (no files needed);
@@ -24,6 +26,7 @@ __all__ = ["ProbeModel", "load_probe_model", "load_probe_heads", "open_scenes"]
 
 _TINY = "tiny:"
 _HEADS_FILE = "gasp_heads.safetensors"  # the file training writes beside the saved model
+_RECIPE_FILE = "gasp_recipe.yaml"  # the resolved recipe training writes beside it
 
 
 @dataclass
@@ -115,6 +118,12 @@ def load_probe_model(spec: str | Path) -> ProbeModel:
             f"--model {spec_s!r}: expected a checkpoint folder (with config.json), a PEFT adapter "
             "folder (with adapter_config.json), a recipe YAML, or tiny:<model_type>"
         )
+    if path.is_dir() and pm.heads_path is None and (path / _HEADS_FILE).is_file():
+        pm.heads_path = path / _HEADS_FILE
+        if (path / _RECIPE_FILE).is_file():
+            from gasp_plugin.train.recipe import load_recipe
+
+            pm.gasp_config = load_recipe(path / _RECIPE_FILE, validate_gasp=False).gasp_config()
     pm.model.eval()
     return pm
 
