@@ -91,32 +91,41 @@ def plot_matches(
     correct: np.ndarray,
     path: str | Path,
     title: str = "",
+    grid_lines: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
-    """Anchor and target side by side; each query joined to its predicted match in the target
-    (green when correct, red otherwise), true positions marked with white circles.
+    """Anchor and target side by side. Each query has its own colour: a dot in the anchor, an open
+    circle at its true position in the target, a cross at the predicted token's centre, and a
+    line from truth to prediction (green when counted correct, red otherwise).
 
     Args:
         anchor_image, target_image: ``uint8 [h, w, 3]``.
         query_xy: ``[q, 2]`` query pixels in the anchor; ``true_xy``/``pred_xy`` ``[q, 2]`` true
             and predicted pixels in the target (predicted = centre of the predicted token's cell).
         correct: ``[q]`` bool.
+        grid_lines: ``(xs, ys)`` token-cell boundaries of the target in its pixels, drawn faintly.
     """
     plt = _pyplot()
     ha, wa = anchor_image.shape[:2]
     ht, wt = target_image.shape[:2]
-    canvas = np.zeros((max(ha, ht), wa + wt, 3), dtype=np.uint8)
+    canvas = np.full((max(ha, ht), wa + wt + 8, 3), 255, dtype=np.uint8)
     canvas[:ha, :wa] = anchor_image
-    canvas[:ht, wa:] = target_image
+    off = wa + 8
+    canvas[:ht, off:] = target_image
     fig, ax = plt.subplots(figsize=(10, 10 * canvas.shape[0] / canvas.shape[1] + 0.6))
     ax.imshow(canvas)
     q, t, p = np.asarray(query_xy), np.asarray(true_xy), np.asarray(pred_xy)
     ok = np.asarray(correct, dtype=bool)
+    colours = plt.get_cmap("hsv")(np.linspace(0, 1, max(len(q), 1), endpoint=False))
+    if grid_lines is not None:
+        for x in grid_lines[0]:
+            ax.plot([off + x, off + x], [0, ht - 1], color="white", lw=0.4, alpha=0.5)
+        for y in grid_lines[1]:
+            ax.plot([off, off + wt - 1], [y, y], color="white", lw=0.4, alpha=0.5)
     for i in range(len(q)):
-        color = "lime" if ok[i] else "red"
-        ax.plot([q[i, 0], p[i, 0] + wa], [q[i, 1], p[i, 1]], color=color, lw=0.6, alpha=0.7)
-    ax.scatter(q[:, 0], q[:, 1], s=8, c=np.where(ok, "lime", "red"))
-    ax.scatter(t[:, 0] + wa, t[:, 1], s=14, facecolors="none", edgecolors="white", lw=0.8)
-    ax.scatter(p[:, 0] + wa, p[:, 1], s=8, c=np.where(ok, "lime", "red"), marker="x")
+        ax.plot([t[i, 0] + off, p[i, 0] + off], [t[i, 1], p[i, 1]], color="lime" if ok[i] else "red", lw=1.0)
+    ax.scatter(q[:, 0], q[:, 1], s=18, c=colours[: len(q)], edgecolors="black", linewidths=0.4)
+    ax.scatter(t[:, 0] + off, t[:, 1], s=30, facecolors="none", edgecolors=colours[: len(q)], linewidths=1.2)
+    ax.scatter(p[:, 0] + off, p[:, 1], s=22, c=colours[: len(q)], marker="x", linewidths=1.2)
     ax.set_axis_off()
     ax.set_title(title or f"{ok.sum()}/{len(ok)} correct", fontsize=9)
     return _save(fig, path)
