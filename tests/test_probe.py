@@ -129,6 +129,16 @@ def test_token_centres_invert_the_adapter_mapping(tiny_qwen, hololens):
     layout = adapter.frame_layout(processor, hololens.image(0).shape[:2])
     centres = token_centres(layout)
     assert torch.equal(adapter.pixels_to_tokens(centres, layout), torch.arange(layout.num_tokens))
+    from gasp_plugin.probe.output import cell_boundaries
+
+    xs, ys = cell_boundaries(layout)
+    gh, gw = layout.grid_hw
+    assert len(xs) == gw + 1 and len(ys) == gh + 1
+    # just left / right of an inner column boundary: neighbouring tokens of the same row
+    y = float(centres[0, 1])
+    left, right = torch.tensor([[xs[1] - 0.01, y]]), torch.tensor([[xs[1] + 0.01, y]])
+    assert adapter.pixels_to_tokens(left, layout).item() == 0
+    assert adapter.pixels_to_tokens(right, layout).item() == 1
 
 
 def test_probe_bad_inputs(tiny_qwen, hololens):
