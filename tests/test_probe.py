@@ -291,9 +291,13 @@ def test_probe_cli_with_heads_on_a_synthetic_scene(tmp_path, capsys):
     assert data["meta"]["heads"] == str(heads_file) and data["meta"]["scene_args"] == [str(scenes_dir)]
 
 
-@pytest.mark.parametrize("model_type", ["qwen2_vl", "llava"])
-def test_batching_pairs_changes_nothing(model_type, hololens):
-    model, processor = build_tiny_model(model_type, hidden_size=64, num_layers=2, image_size=112)
+@pytest.mark.parametrize("model_type,overrides", [
+    ("qwen2_vl", {}),
+    ("qwen2_5_vl", {"text_num_key_value_heads": 2}),  # grouped-query attention: 4 q heads, 2 kv heads
+    ("llava", {}),
+])
+def test_batching_pairs_changes_nothing(model_type, overrides, hololens):
+    model, processor = build_tiny_model(model_type, hidden_size=64, num_layers=2, image_size=112, **overrides)
     pairs = select_pairs([hololens], max_gap=5, pairs_per_gap=1)
     one = run_probe(model, processor, [hololens], pairs=pairs, batch_size=1, progress=False)
     many = run_probe(model, processor, [hololens], pairs=pairs, batch_size=3, progress=False)
