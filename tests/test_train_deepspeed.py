@@ -137,20 +137,20 @@ def test_zero3_two_processes_via_deepspeed_launcher_then_resume(shared):
     env = _env()
     launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
                 "--master_port", env["MASTER_PORT"], "recipes/qwen2vl_gasp.sh", "--recipe", "recipes/tiny_cpu.yaml"]
-    _run(launcher + _overrides(shared, out, 6, 3), env)
-    state, first = _check_run(out, shared, 6)
+    _run(launcher + _overrides(shared, out, 8, 3), env)
+    state, first = _check_run(out, shared, 8)
     _losses_fell(state)
     _reload_matches_reference(out, shared)
 
-    # resume: 2 more steps from checkpoint-6; the data continues where it stopped
+    # resume: 2 more steps from checkpoint-8; the data continues where it stopped
     shutil.rmtree(out / "trace")
     env["MASTER_PORT"] = str(_port())
     launcher[launcher.index("--master_port") + 1] = env["MASTER_PORT"]
-    _run(launcher + _overrides(shared, out, 8, 3) + ["training.resume_from_checkpoint=last",
+    _run(launcher + _overrides(shared, out, 10, 3) + ["training.resume_from_checkpoint=last",
                                                       "training.save_total_limit=1"], env)
     resumed = _traces(out)
-    assert min(t["global_step"] for t in resumed[0]) == 6
-    assert sorted(t["step"] for t in resumed[0]) == [6, 7]
-    done = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
-    assert done["global_step"] == 8
-    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-8"]
+    assert min(t["global_step"] for t in resumed[0]) == 8
+    assert sorted(t["step"] for t in resumed[0]) == [8, 9]
+    done = json.loads((out / "checkpoint-10" / "trainer_state.json").read_text())
+    assert done["global_step"] == 10
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-10"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,10 +179,16 @@ def build_run(recipe, *, deepspeed_json, progress, resolve_model_path, resolve_a
                                               InterleavePlan)
     from gasp_plugin.train.trainer import GaspTrainer
 
-    args = training_arguments(recipe, deepspeed_json, progress)  # before the model: ZeRO-3 init
     output_dir = Path(recipe.training.output_dir)
-    is_main = args.local_process_index == 0
+    is_main = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    # a tiny model is built before any ZeRO-3 config is alive: zero.Init would make its
+    # construction a collective that the waiting ranks never join
     model_path = resolve_model_path(recipe, output_dir, is_main)
+    args = training_arguments(recipe, deepspeed_json, progress)  # before the model: ZeRO-3 init
+    if deepspeed_json:
+        import deepspeed
+
+        deepspeed.init_distributed()  # zero.Init (ZeRO-3 loading) needs the real world size
     attn = resolve_attention(recipe.model.attn_implementation)
     model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=resolve_dtype(recipe), attn_implementation=attn)
     in_use = getattr(model.config, "_attn_implementation", None)
