@@ -95,6 +95,8 @@ def test_probe_json_schema_and_figures(tiny_qwen, hololens, tmp_path):
         assert set(g) == {"pairs", "rotation_deg", "translation_m", "covisible"}
         _check_fraction(g["covisible"])
     assert [r["layer"] for r in data["layers"]["qk"]] == [0, 1]
+    rec = data["layers"]["qk"][0]
+    assert sum(rec["queries_by_gap"].values()) == rec["queries"] == sum(p["visible_points"] for p in data["pairs"])
     # 224-pixel budget on a 540x360 frame: the processor's grid, recorded, with the exact chance
     gh, gw = data["token_grids"][0]
     assert gh * gw > 16

@@ -159,6 +159,7 @@ def test_match_stats_aggregates_over_pairs():
     assert stats.pck(1) == pytest.approx(3 / 4)
     assert stats.pck(2) == pytest.approx(1.0)
     assert stats.pck_by_gap(0) == pytest.approx({1: 1.0, 2: 0.5})
+    assert stats.queries_by_gap() == {1: 2, 2: 2}
     assert stats.robustness(0) == pytest.approx({1: 1.0, 2: 0.5})
     # chance of the same queries: true cells 0 (corner), 4 (centre), 4, 0 at delta 1
     assert stats.chance_pck(1) == pytest.approx((4 / 9 + 1 + 1 + 4 / 9) / 4)

@@ -228,6 +228,11 @@ class MatchStats:
         dist, _, conf = self._cat()
         return pearson(conf.numpy(), (dist <= delta).double().numpy())
 
+    def queries_by_gap(self) -> dict[int, int]:
+        """Number of recorded queries per frame gap (how much each per-gap figure rests on)."""
+        gaps = torch.cat(self.gap) if self.gap else torch.zeros(0, dtype=torch.long)
+        return {g: int((gaps == g).sum()) for g in self.gaps()}
+
     def pck_by_gap(self, delta: int = 2) -> dict[int, float]:
         return {g: self.pck(delta, gap=g) for g in self.gaps()}
 

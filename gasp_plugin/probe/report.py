@@ -110,6 +110,7 @@ class ProbeReport:
                     "chance": {str(k): _num(st.chance_pck(k)) for k in self.deltas},
                     "rho": _num(st.rho(PEAK_DELTA)),
                     "pck2_by_gap": {str(gp): _num(v) for gp, v in st.pck_by_gap(PEAK_DELTA).items()},
+                    "queries_by_gap": {str(gp): n for gp, n in st.queries_by_gap().items()},
                     "robustness": {str(gp): _num(v) for gp, v in st.robustness(PEAK_DELTA).items()},
                 }
             )
