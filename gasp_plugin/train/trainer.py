@@ -8,9 +8,9 @@ Batch metadata (``gasp_kind``, ``gasp_targets``, skip counts, trace) comes from
 Logging: ``lm``, ``corr``, ``depth`` and per-layer terms are accumulated as detached tensors on
 the device and reduced across ranks only at logging steps (no extra synchronisation per step).
 
-Non-finite losses: if the GASP part is NaN/inf the step keeps only the LM loss (heads touched with
-weight 0); if the LM loss itself is NaN/inf, the loss is replaced by a zero-weighted touch of every
-trainable parameter, so that micro-batch contributes no gradient. Both are counted
+Non-finite losses: if only the GASP part is NaN/inf the step keeps the model's LM loss (heads touched
+with weight 0); if there is no finite LM loss, the loss is replaced by a zero-weighted touch of every
+trainable parameter, so that micro-batch contributes a zero gradient to every parameter. Both are counted
 (``skipped_nonfinite``) and excluded from the logged losses.
 
 Saving: the model is saved the way the stock Trainer saves it (a PEFT adapter, or full weights),
@@ -107,8 +107,8 @@ class GaspTrainerMixin:
         if bool(torch.isfinite(total)):
             return total
         self.gasp_counters["skipped_nonfinite"] += 1
-        if bool(torch.isfinite(lm_value)):
-            return lm_value.float() + self.gasp_handle.zero_loss().float()
+        if lm is not None and bool(torch.isfinite(lm)):
+            return lm.float() + self.gasp_handle.zero_loss().float()
         return None
 
     def _skip_loss(self, model) -> torch.Tensor:
