@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gasp_plugin.geometry import (
+    affine_inverse,
     check_intrinsics,
     check_pose,
     invert_pose,
@@ -65,6 +66,18 @@ def test_invert_pose_matches_linalg_inverse():
     gen = torch.Generator().manual_seed(2)
     T = torch.stack([random_pose(gen) for _ in range(4)])
     assert torch.allclose(invert_pose(T), torch.linalg.inv(T), atol=1e-12)
+    assert torch.allclose(affine_inverse(T), torch.linalg.inv(T), atol=1e-12)
+
+
+def test_affine_inverse_is_exact_for_near_rigid_poses():
+    # a rotation rounded to 6 digits, as in pose files: R^T is off by ~1e-6, the affine inverse is not
+    gen = torch.Generator().manual_seed(6)
+    T = random_pose(gen)
+    T[:3, :3] = torch.round(T[:3, :3] * 1e6) / 1e6
+    eye = torch.eye(4, dtype=torch.float64)
+    assert torch.allclose(affine_inverse(T) @ T, eye, atol=1e-14)
+    assert torch.allclose(affine_inverse(T), torch.linalg.inv(T), atol=1e-12)
+    assert torch.allclose(relative_pose(T, T), eye, atol=1e-14)
 
 
 def test_relative_pose_moves_points_between_cameras():

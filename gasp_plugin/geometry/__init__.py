@@ -12,7 +12,7 @@ from importlib import import_module
 
 _CAMERA = "gasp_plugin.geometry.camera"
 _LAZY = {name: _CAMERA for name in (
-    "check_intrinsics", "check_pose", "check_shape", "invert_pose", "pose_problem", "project",
+    "affine_inverse", "check_intrinsics", "check_pose", "check_shape", "invert_pose", "pose_problem", "project",
     "relative_pose", "transform_points", "unproject")}
 
 __all__ = sorted(_LAZY)

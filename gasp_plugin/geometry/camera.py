@@ -28,6 +28,7 @@ __all__ = [
     "transform_points",
     "project",
     "invert_pose",
+    "affine_inverse",
     "relative_pose",
 ]
 
@@ -89,7 +90,7 @@ def pose_problem(T: torch.Tensor, atol: float = 1e-3) -> str | None:
     err = (R.T @ R - torch.eye(3, dtype=T.dtype)).abs().max().item()
     if err > atol:
         return f"rotation is not orthonormal (max |R^T R - I| = {err:.3g})"
-    if torch.linalg.det(R).item() < 0:
+    if _det3(R).item() < 0:
         return "rotation has determinant -1 (a reflection)"
     return None
 
@@ -101,7 +102,7 @@ def _bad_pose_mask(T: torch.Tensor, atol: float) -> torch.Tensor:
     last = (Td[..., 3, :] - Td.new_tensor([0.0, 0.0, 0.0, 1.0])).abs().amax(-1) <= atol
     R = Td[..., :3, :3]
     ortho = (R.transpose(-1, -2) @ R - torch.eye(3, dtype=Td.dtype)).abs().amax((-1, -2)) <= atol
-    proper = torch.linalg.det(R) > 0
+    proper = _det3(R) > 0
     return ~(finite & last & ortho & proper)
 
 
@@ -165,15 +166,36 @@ def invert_pose(T: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _det3(A: torch.Tensor) -> torch.Tensor:
+    """Determinant of ``[*, 3, 3]`` by the triple product (elementwise: no LAPACK call, which is
+    slow for many tiny matrices)."""
+    return (torch.linalg.cross(A[..., 0, :], A[..., 1, :]) * A[..., 2, :]).sum(-1)
+
+
+def affine_inverse(T: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``T [*, 4, 4]`` with last row ``[0, 0, 0, 1]``, using the exact 3x3 inverse
+    (adjugate / determinant) of the linear block, so near-rigid poses read from files with few
+    digits still give ``affine_inverse(T) @ T == I`` to machine precision."""
+    check_shape(T, (4, 4), "T")
+    A = T[..., :3, :3]
+    c0, c1, c2 = A[..., :, 0], A[..., :, 1], A[..., :, 2]
+    adj_rows = torch.stack([torch.linalg.cross(c1, c2), torch.linalg.cross(c2, c0),
+                            torch.linalg.cross(c0, c1)], dim=-2)  # rows of the adjugate
+    A_inv = adj_rows / _det3(A)[..., None, None]
+    out = torch.zeros_like(T)
+    out[..., :3, :3] = A_inv
+    out[..., :3, 3:] = -A_inv @ T[..., :3, 3:]
+    out[..., 3, 3] = 1
+    return out
+
+
 def relative_pose(world_from_cam_a: torch.Tensor, world_from_cam_b: torch.Tensor) -> torch.Tensor:
     """``cam_b_from_cam_a = inv(world_from_cam_b) @ world_from_cam_a``; inputs ``[*, 4, 4]``
     (broadcast), output ``[*, 4, 4]``.
 
-    Solved as a linear system rather than with the rigid inverse, so that poses read from files
-    with few digits (rotations orthonormal only to ~1e-6) still give exactly the identity for
-    ``a == b``.
+    Uses :func:`affine_inverse` rather than the rigid ``R^T`` inverse, so that ``a == b`` gives
+    exactly the identity even for poses whose rotations are orthonormal only to ~1e-6.
     """
     check_shape(world_from_cam_a, (4, 4), "world_from_cam_a")
     check_shape(world_from_cam_b, (4, 4), "world_from_cam_b")
-    a, b = torch.broadcast_tensors(world_from_cam_a, world_from_cam_b)
-    return torch.linalg.solve(b, a)
+    return affine_inverse(world_from_cam_b) @ world_from_cam_a

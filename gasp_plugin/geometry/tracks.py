@@ -34,7 +34,6 @@ from gasp_plugin.geometry.camera import (
     check_shape,
     project,
     relative_pose,
-    transform_points,
     unproject,
 )
 
@@ -278,7 +277,8 @@ def track_points(query_xy, depth, intrinsics, poses, anchor: int, margin: float 
     q, d_a = q[kept], d_a[kept]
     points_a = unproject(q, d_a, intrinsics[anchor])  # [p, 3]
     cam_t_from_a = relative_pose(poses[anchor], poses)  # [f, 4, 4]
-    points_t = transform_points(cam_t_from_a[:, None], points_a[None])  # [f, p, 3]
+    # [p, 3] @ [f, 3, 3] -> [f, p, 3]: one small matmul per frame, not one 3x3 product per point
+    points_t = points_a @ cam_t_from_a[:, :3, :3].transpose(1, 2) + cam_t_from_a[:, None, :3, 3]
     xy, z = project(points_t, intrinsics[:, None])  # [f, p, 2], [f, p]
 
     inside = ((xy[..., 0] >= margin) & (xy[..., 0] <= w - 1 - margin)
