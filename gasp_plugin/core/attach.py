@@ -29,6 +29,7 @@ from gasp_plugin.core.capture import VisualCapture, gather_span
 from gasp_plugin.core.config import HEADS_ATTR, GaspConfig
 from gasp_plugin.core.head import GaspHeads, gathered_params
 from gasp_plugin.core.loss import GaspLoss, GaspLossOutput
+from gasp_plugin.core.qk import attention_heads, qk_descriptors
 from gasp_plugin.core.targets import GaspTargets
 
 __all__ = ["GaspHandle", "attach_gasp", "detach_gasp", "load_heads", "HEADS_ATTR"]
@@ -81,7 +82,7 @@ class GaspHandle:
         """GASP loss of the last forward's captured states against ``targets``."""
         if not isinstance(targets, GaspTargets):
             raise TypeError(f"targets must be GaspTargets, got {type(targets).__name__}")
-        states = self.capture.take()["hidden"]
+        states = self.capture.take()
         start, mask = self.capture.span[0], self.capture.visual_mask
         targets = targets.to(mask.device)
         tp = targets.token_positions
@@ -100,9 +101,16 @@ class GaspHandle:
         target_pos = torch.where((targets.target_frames >= 0)[..., None], target_pos, -1)
         embeddings = {}
         for layer in self.layers:
-            emb = self._embed(states[layer], layer)  # [b, S, e]
+            emb = self._embed(states["hidden"][layer], layer)  # [b, S, e]
             embeddings[layer] = (gather_span(emb, anchor_pos, start), gather_span(emb, target_pos, start))
-        return self.loss_fn(embeddings, targets.to(emb.device))
+        qk = None
+        if self.config.qk_weight > 0:
+            heads, kv_heads = attention_heads(self.adapter.config)
+            qk = {}
+            for layer in self.layers:
+                q, k = qk_descriptors(states["q"][layer], states["k"][layer], heads, kv_heads)  # [b, S, c]
+                qk[layer] = (gather_span(q, anchor_pos, start), gather_span(k, target_pos, start))
+        return self.loss_fn(embeddings, targets.to(emb.device), qk=qk)
 
     def zero_loss(self) -> torch.Tensor:
         """A zero that touches every head (weight 0), for steps without geometry."""
@@ -153,7 +161,8 @@ def attach_gasp(model: nn.Module, config: GaspConfig | None = None) -> GaspHandl
     param = next(model.parameters())
     heads.to(device=param.device)
     model.add_module(HEADS_ATTR, heads)
-    capture = VisualCapture(model, adapter, layers, kinds=("hidden",)).start()
+    kinds = ("hidden", "q", "k") if config.qk_weight > 0 else ("hidden",)
+    capture = VisualCapture(model, adapter, layers, kinds=kinds).start()
     handle = GaspHandle(model, adapter, config, layers, capture)
     model.__dict__[_HANDLE_ATTR] = handle
     return handle

@@ -31,6 +31,11 @@ class GaspConfig:
         tau: InfoNCE / soft-argmax temperature.
         corr_weight: weight of the correspondence (InfoNCE) term in the total.
         depth_weight: weight of the soft-argmax depth term in the total.
+        qk_weight: weight of the query/key alignment term (this project's extension; 0 = the
+            paper's losses only): InfoNCE between the layer's ``q_proj`` output at the anchor
+            point's token and the ``k_proj`` outputs of the target frame's tokens (head-averaged
+            cosine / ``tau``, see :mod:`gasp_plugin.core.qk`). It trains what attention itself
+            matches, which the head on hidden states reaches only indirectly.
         shared_head: one head for all supervised layers instead of one per layer.
         init: ``"svd_q"`` (first layer from the SVD of the layer's q_proj weight) or ``"random"``.
         negatives: ``"frame"``: negatives are the other visual tokens of the target frame (local to
@@ -47,6 +52,7 @@ class GaspConfig:
     tau: float = 0.07
     corr_weight: float = 0.3
     depth_weight: float = 1.0
+    qk_weight: float = 0.0
     shared_head: bool = False
     init: str = "svd_q"
     negatives: str = "frame"
@@ -72,7 +78,7 @@ class GaspConfig:
                 _fail(name, "a positive int", value)
         if not isinstance(self.tau, (int, float)) or not self.tau > 0:
             _fail("tau", "a positive number", self.tau)
-        for name in ("corr_weight", "depth_weight"):
+        for name in ("corr_weight", "depth_weight", "qk_weight"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 _fail(name, "a number >= 0", value)

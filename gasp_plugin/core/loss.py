@@ -57,7 +57,7 @@ class GaspLossOutput:
         total: ``corr_weight * corr + depth_weight * depth`` (scalar, fp32, with grad).
         corr: correspondence term averaged over layers.
         depth: depth term averaged over layers.
-        per_layer: ``{layer: {"corr": tensor, "depth": tensor}}``.
+        per_layer: ``{layer: {"corr": tensor, "depth": tensor[, "qk": tensor]}}``.
         num_pairs: visible (point, target frame) pairs supervised by the correspondence term.
         num_depth_pairs: pairs supervised by the depth term.
     """
@@ -68,6 +68,7 @@ class GaspLossOutput:
     per_layer: dict = field(default_factory=dict)
     num_pairs: int = 0
     num_depth_pairs: int = 0
+    qk: torch.Tensor | None = None
 
     def log_dict(self, prefix: str = "gasp") -> dict[str, float]:
         """Flat float values for a logger: total, terms, per-layer terms, pair counts."""
@@ -77,6 +78,8 @@ class GaspLossOutput:
             f"{prefix}/depth": float(self.depth.detach()),
             f"{prefix}/pairs": float(self.num_pairs),
         }
+        if self.qk is not None:
+            out[f"{prefix}/qk"] = float(self.qk.detach())
         for layer, parts in self.per_layer.items():
             for term, value in parts.items():
                 out[f"{prefix}/{term}/layer_{layer}"] = float(value.detach())
@@ -145,9 +148,21 @@ class GaspLoss:
         self.config = config or GaspConfig()
 
     def __call__(
-        self, embeddings: Mapping[int, tuple[torch.Tensor, torch.Tensor]], targets: GaspTargets
+        self,
+        embeddings: Mapping[int, tuple[torch.Tensor, torch.Tensor]],
+        targets: GaspTargets,
+        qk: Mapping[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> GaspLossOutput:
-        """``embeddings[layer] = (anchor [b, p, e], target [b, t, n, e])`` -> :class:`GaspLossOutput`."""
+        """Total and parts of the GASP loss.
+
+        Args:
+            embeddings: ``{layer: (anchor [b, p, e], target [b, t, n, e])}`` head embeddings.
+            targets: the batch's :class:`GaspTargets`.
+            qk: optional ``{layer: (anchor queries [b, p, c], target keys [b, t, n, c])}``
+                descriptors (:func:`gasp_plugin.core.qk.qk_descriptors`) for the query/key
+                alignment term, weighted by ``config.qk_weight``; its InfoNCE uses the same
+                positives and negatives as the correspondence term.
+        """
         if not embeddings:
             raise ValueError("GaspLoss needs embeddings of at least one layer")
         cfg = self.config
@@ -159,4 +174,12 @@ class GaspLoss:
         corr = torch.stack([v["corr"] for v in per_layer.values()]).mean()
         depth = torch.stack([v["depth"] for v in per_layer.values()]).mean()
         total = cfg.corr_weight * corr + cfg.depth_weight * depth
-        return GaspLossOutput(total, corr, depth, per_layer, n_pairs, n_depth)
+        qk_term = None
+        if qk:
+            for layer, (queries, keys) in qk.items():
+                per_layer.setdefault(layer, {})["qk"] = layer_losses(
+                    queries, keys, targets, tau=cfg.tau, eps=cfg.depth_eps
+                )[0]
+            qk_term = torch.stack([per_layer[l]["qk"] for l in qk]).mean()
+            total = total + cfg.qk_weight * qk_term
+        return GaspLossOutput(total, corr, depth, per_layer, n_pairs, n_depth, qk_term)

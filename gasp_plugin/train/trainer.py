@@ -136,6 +136,8 @@ class GaspTrainerMixin:
         if gasp_out is not None and bool(torch.isfinite(gasp_out.total)):
             values["corr"] = gasp_out.corr.detach().float()
             values["depth"] = gasp_out.depth.detach().float()
+            if gasp_out.qk is not None:
+                values["qk"] = gasp_out.qk.detach().float()
             for layer, parts in gasp_out.per_layer.items():
                 for term, value in parts.items():
                     values[f"{term}/layer_{layer}"] = value.detach().float()

@@ -1,0 +1,60 @@
+"""Query/key descriptors of visual tokens: what a layer's attention itself matches.
+
+The layer's ``q_proj`` output of an anchor token and ``k_proj`` output of a target token (both
+pre-RoPE) are split into heads and L2-normalised per head; the descriptors are scaled so that
+their dot product is the **mean over query heads of the per-head cosine**. Grouped-query attention
+repeats each key head for its ``num_heads // num_kv_heads`` query heads, as attention does.
+
+Used by the probe (the paper's layer-wise diagnostic) and by the optional query/key alignment
+term of :class:`gasp_plugin.core.loss.GaspLoss` (``GaspConfig.qk_weight``).
+
+Shape notation: ``*`` leading dims, ``hq`` query heads, ``hkv`` key heads, ``c`` head dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["per_head_normalised", "qk_descriptors", "attention_heads"]
+
+
+def attention_heads(config) -> tuple[int, int]:
+    """``(num_heads, num_kv_heads)`` of the text model, read from its config."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = int(text.num_attention_heads)
+    return heads, int(getattr(text, "num_key_value_heads", None) or heads)
+
+
+def per_head_normalised(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``[*, heads * c]`` -> ``[*, heads, c]`` with each head's vector L2-normalised (float32)."""
+    if x.ndim < 1 or x.shape[-1] % num_heads:
+        raise ValueError(f"expected [..., {num_heads} * head_dim], got {tuple(x.shape)}")
+    return F.normalize(x.float().reshape(*x.shape[:-1], num_heads, -1), dim=-1)
+
+
+def qk_descriptors(
+    q: torch.Tensor, k: torch.Tensor, num_heads: int, num_kv_heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head-averaged query/key descriptors.
+
+    Args:
+        q: ``[*a, hq * c]`` query projection outputs of the anchor tokens.
+        k: ``[*b, hkv * c]`` key projection outputs of the target tokens.
+        num_heads, num_kv_heads: ``hq`` and ``hkv`` (from the model config).
+
+    Returns:
+        ``[*a, hq * c]`` and ``[*b, hq * c]`` float32 descriptors whose dot product is the mean
+        over query heads of ``cos(q_h, k_{h // g})`` (each descriptor has norm 1).
+    """
+    if num_kv_heads < 1 or num_heads % num_kv_heads:
+        raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+    qh = per_head_normalised(q, num_heads)  # [*a, hq, c]
+    kh = per_head_normalised(k, num_kv_heads)  # [*b, hkv, c]
+    if qh.shape[-1] != kh.shape[-1]:
+        raise ValueError(f"query head dim {qh.shape[-1]} != key head dim {kh.shape[-1]}")
+    kh = kh.repeat_interleave(num_heads // num_kv_heads, dim=-2)  # [*b, hq, c]
+    scale = 1.0 / math.sqrt(num_heads)
+    return qh.flatten(-2) * scale, kh.flatten(-2) * scale
