@@ -54,9 +54,8 @@ def test_config_validation_names_the_field(field, value):
 
 def world_points(scene, i):
     """Every pixel of frame i lifted with its depth, ``[h*w, 3]`` float64 world coordinates."""
-    K, T = torch.from_numpy(scene.intrinsics(i)), torch.from_numpy(scene.pose(i))
-    origin, dirs = pixel_rays(K, T, scene.height, scene.width)
-    return (origin + torch.from_numpy(scene.depth(i).astype(np.float64)).reshape(-1, 1) * dirs).numpy()
+    origin, dirs = pixel_rays(scene.intrinsics(i), scene.pose(i), scene.height, scene.width)
+    return origin + scene.depth(i).astype(np.float64).reshape(-1, 1) * dirs
 
 
 def test_depth_lands_on_a_surface(scene):
@@ -90,8 +89,7 @@ def test_tracks_match_analytic_projection_and_visibility(scene):
         vis = t.visible[row].numpy()
         assert np.abs(xy[vis] - t.xy[row, vis].numpy()).max() < 0.1
         # analytic visibility: the first hit from camera i towards X is X itself
-        hit_t, _, _ = scene.raycast(T[:3, 3], torch.from_numpy(X - T[:3, 3]))
-        hit_t = hit_t.numpy()
+        hit_t, _, _ = scene.raycast(T[:3, 3], X - T[:3, 3])
         inside = ((xy >= 4) & (xy <= [scene.width - 5, scene.height - 5])).all(1) & (cam[:, 2] > 0)
         truth = inside & (hit_t > 1 - 1e-6)
         agree.append((truth == vis).mean())

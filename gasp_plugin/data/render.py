@@ -1,4 +1,5 @@
-"""Analytic ray casting and solid texturing of a box room with box occluders (float64 torch).
+"""Analytic ray casting and solid texturing of a box room with box occluders (float64 numpy:
+single-threaded and predictable on a shared machine, and as fast as torch for these sizes).
 
 World frame: z up, metres; the room is the box ``[0, Lx] x [0, Ly] x [0, Lz]`` seen from inside.
 Cameras follow :mod:`gasp_plugin.geometry.camera` (OpenCV axes, camera-to-world poses, pixel
@@ -14,12 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 __all__ = ["Box", "Room", "look_at", "pixel_rays", "raycast", "shade"]
 
 _BIG = 1e12
-_M32 = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -61,116 +60,119 @@ def look_at(eye, target, roll: float = 0.0) -> np.ndarray:
     return T
 
 
-def pixel_rays(K: torch.Tensor, pose: torch.Tensor, height: int, width: int):
+def pixel_rays(K: np.ndarray, pose: np.ndarray, height: int, width: int):
     """Rays through pixel centres: ``(origin [3], dirs [h*w, 3])`` in world coordinates, each
     direction with camera-frame z = 1 (raster order)."""
-    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float64),
-                          torch.arange(width, dtype=torch.float64), indexing="ij")
+    v, u = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing="ij")
     y = (v.reshape(-1) - K[1, 2]) / K[1, 1]
     x = (u.reshape(-1) - K[0, 2] - K[0, 1] * y) / K[0, 0]
-    cam = torch.stack([x, y, torch.ones_like(x)], -1)
-    return pose[:3, 3], cam @ pose[:3, :3].T
+    cam = np.stack([x, y, np.ones_like(x)], -1)
+    return pose[:3, 3].copy(), cam @ pose[:3, :3].T
 
 
-def _safe(d: torch.Tensor) -> torch.Tensor:
-    return torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
+def _safe(d: np.ndarray) -> np.ndarray:
+    return np.where(np.abs(d) < 1e-12, 1e-12, d)
 
 
-def raycast(room: Room, origin: torch.Tensor, dirs: torch.Tensor):
+def _yaw(box: Box) -> np.ndarray:
+    c, s = np.cos(box.yaw), np.sin(box.yaw)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def raycast(room: Room, origin, dirs):
     """First hit of each ray ``origin + t * dirs`` (``origin [3]`` or ``[n, 3]``, ``dirs [n, 3]``).
 
-    Returns ``(t [n], surface [n] long, normal [n, 3])``: hit parameter (``_BIG``-ish where nothing
-    is hit, which cannot happen from inside the room), surface index, and outward surface normal.
+    Returns ``(t [n], surface [n] int64, normal [n, 3])``: hit parameter, surface index (see
+    :class:`Room`), and the surface normal facing the ray.
     """
+    dirs = np.asarray(dirs, dtype=np.float64)
     n = dirs.shape[0]
-    o = origin.expand(n, 3)
-    size = torch.tensor(room.size, dtype=torch.float64)
+    o = np.broadcast_to(np.asarray(origin, dtype=np.float64), (n, 3))
+    size = np.asarray(room.size, dtype=np.float64)
     d = _safe(dirs)
+    rows = np.arange(n)
     # room, from inside: leave through the nearest wall
-    bound = torch.where(d > 0, size, torch.zeros_like(size))
-    t_axis = (bound - o) / d  # [n, 3]
-    t, axis = t_axis.min(-1)
-    surface = 2 * axis + (d.gather(1, axis[:, None])[:, 0] > 0).long()
-    normal = torch.zeros(n, 3, dtype=torch.float64)
-    normal.scatter_(1, axis[:, None], -torch.sign(d.gather(1, axis[:, None])))
+    t_axis = (np.where(d > 0, size, 0.0) - o) / d  # [n, 3]
+    axis = t_axis.argmin(-1)
+    t = t_axis[rows, axis]
+    surface = 2 * axis + (d[rows, axis] > 0)
+    normal = np.zeros((n, 3))
+    normal[rows, axis] = -np.sign(d[rows, axis])
     for j, box in enumerate(room.boxes):
-        c, s = np.cos(box.yaw), np.sin(box.yaw)
-        R = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
-        half = torch.tensor(box.half, dtype=torch.float64)
-        o_l = (o - torch.tensor(box.centre, dtype=torch.float64)) @ R  # world -> box frame
+        R = _yaw(box)
+        half = np.asarray(box.half)
+        o_l = (o - np.asarray(box.centre)) @ R  # world -> box frame
         d_l = _safe(dirs @ R)
         t1, t2 = (-half - o_l) / d_l, (half - o_l) / d_l
-        near, far = torch.minimum(t1, t2), torch.maximum(t1, t2)
-        t_in, face = near.max(-1)
-        hit = (t_in <= far.min(-1).values) & (t_in > 1e-9) & (t_in < t)
+        near, far = np.minimum(t1, t2), np.maximum(t1, t2)
+        face = near.argmax(-1)
+        t_in = near[rows, face]
+        hit = (t_in <= far.min(-1)) & (t_in > 1e-9) & (t_in < t)
         if hit.any():
-            n_l = torch.zeros(n, 3, dtype=torch.float64)
-            n_l.scatter_(1, face[:, None], -torch.sign(d_l.gather(1, face[:, None])))
-            t = torch.where(hit, t_in, t)
-            surface = torch.where(hit, torch.full_like(surface, 6 + j), surface)
-            normal = torch.where(hit[:, None], n_l @ R.T, normal)
-    return t, surface, normal
+            n_l = np.zeros((n, 3))
+            n_l[rows, face] = -np.sign(d_l[rows, face])
+            t = np.where(hit, t_in, t)
+            surface = np.where(hit, 6 + j, surface)
+            normal = np.where(hit[:, None], n_l @ R.T, normal)
+    return t, surface.astype(np.int64), normal
 
 
-def _hash(ix, iy, iz, seed, channels: int):
-    """Deterministic 32-bit integer hash of lattice coordinates: ``[n, channels]`` floats in [0, 1)."""
-    seed = (seed & 0x7FFFFFF) * 668265261  # masked first: every product stays inside int64
-    h = (ix * 73856093 ^ iy * 19349663 ^ iz * 83492791 ^ seed) & _M32
-    h = h[:, None] ^ (torch.arange(channels) * 0x5BD1E995 & _M32)
+def _hash(ix, iy, iz, seed, channels: int) -> np.ndarray:
+    """Deterministic integer hash of lattice coordinates: ``[n, channels]`` floats in [0, 1)."""
+    u = np.uint64
+    h = (ix.astype(u) * u(73856093)) ^ (iy.astype(u) * u(19349663)) ^ (iz.astype(u) * u(83492791))
+    h = (h ^ (seed.astype(u) * u(668265261))) & u(0xFFFFFFFF)
+    h = h[:, None] ^ (np.arange(channels, dtype=u) * u(0x5BD1E995) & u(0xFFFFFFFF))
     for _ in range(2):
-        h = ((h ^ (h >> 16)) * 0x45D9F3B) & _M32
-    h = h ^ (h >> 16)
-    return h.float() * (1.0 / float(1 << 32))
+        h = ((h ^ (h >> u(16))) * u(0x45D9F3B)) & u(0xFFFFFFFF)
+    h = h ^ (h >> u(16))
+    return h.astype(np.float64) * (1.0 / float(1 << 32))
 
 
-def value_noise(p: torch.Tensor, freq: float, seed: torch.Tensor, channels: int) -> torch.Tensor:
+def value_noise(p: np.ndarray, freq: float, seed: np.ndarray, channels: int) -> np.ndarray:
     """Smooth (C1) value noise of points ``p [n, 3]`` at ``freq`` cells per metre: ``[n, channels]``
-    in [0, 1]; ``seed [n]`` long selects an independent field per point (per surface)."""
+    in [0, 1]; ``seed [n]`` int selects an independent field per point (per surface)."""
     q = p * freq
-    base = torch.floor(q)
-    fr = (q - base).float()
+    base = np.floor(q)
+    fr = q - base
     wgt = fr * fr * (3 - 2 * fr)
-    ib = base.long()
-    out = torch.zeros(p.shape[0], channels)
+    ib = base.astype(np.int64)
+    out = np.zeros((p.shape[0], channels))
     for corner in range(8):
         cx, cy, cz = corner & 1, (corner >> 1) & 1, (corner >> 2) & 1
         w = ((wgt[:, 0] if cx else 1 - wgt[:, 0]) * (wgt[:, 1] if cy else 1 - wgt[:, 1])
              * (wgt[:, 2] if cz else 1 - wgt[:, 2]))
         out += w[:, None] * _hash(ib[:, 0] + cx, ib[:, 1] + cy, ib[:, 2] + cz, seed, channels)
-    return out.double()
+    return out
 
 
-def _local_point(room: Room, x: torch.Tensor, surface: torch.Tensor) -> torch.Tensor:
+def _local_point(room: Room, x: np.ndarray, surface: np.ndarray) -> np.ndarray:
     """Texture coordinates: world coordinates on the room, box-frame coordinates on boxes (so a
     box's pattern belongs to the box)."""
-    local = x.clone()
+    local = x.copy()
     for j, box in enumerate(room.boxes):
         m = surface == 6 + j
         if m.any():
-            c, s = np.cos(box.yaw), np.sin(box.yaw)
-            R = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
-            local[m] = (x[m] - torch.tensor(box.centre, dtype=torch.float64)) @ R
+            local[m] = (x[m] - np.asarray(box.centre)) @ _yaw(box)
     return local
 
 
-def shade(room: Room, x: torch.Tensor, surface: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
+def shade(room: Room, x: np.ndarray, surface: np.ndarray, normal: np.ndarray) -> np.ndarray:
     """RGB in [0, 1] ``[n, 3]`` of surface points ``x [n, 3]``: a per-surface base colour, multi-scale
     coloured value noise, saturated spots, and view-independent Lambertian light."""
     p = _local_point(room, x, surface)
-    seed = surface * 7919 + room.texture_seed * 104729
-    base = torch.tensor(room.colours, dtype=torch.float64)[surface]
+    seed = (surface * 7919 + room.texture_seed * 104729) & 0x7FFFFFF
+    base = np.asarray(room.colours, dtype=np.float64)[surface]
     low = value_noise(p, 0.8, seed, 3)
     mid = value_noise(p, 2.5, seed + 1, 3)
     fine = value_noise(p, 7.0, seed + 2, 1)
-    rgb = 0.45 * base + 0.3 * low + 0.25 * mid
-    rgb = rgb * (0.6 + 0.8 * fine)
+    rgb = (0.45 * base + 0.3 * low + 0.25 * mid) * (0.6 + 0.8 * fine)
     spots = value_noise(p, 3.5, seed + 3, 1)
     spot_colour = value_noise(p, 0.6, seed + 4, 3)
-    spot_colour = (spot_colour - spot_colour.mean(1, keepdim=True)) * 2.5 + 0.5
-    a = ((spots - 0.62) / 0.06).clamp(0, 1)
+    spot_colour = (spot_colour - spot_colour.mean(1, keepdims=True)) * 2.5 + 0.5
+    a = np.clip((spots - 0.62) / 0.06, 0, 1)
     rgb = (1 - a) * rgb + a * spot_colour
-    light = torch.tensor(room.light if room.light else (room.size[0] / 2, room.size[1] / 2,
-                                                        room.size[2] * 0.9), dtype=torch.float64)
+    light = np.asarray(room.light if room.light else (room.size[0] / 2, room.size[1] / 2, room.size[2] * 0.9))
     to_light = light - x
-    lam = (normal * to_light).sum(-1, keepdim=True) / to_light.norm(dim=-1, keepdim=True).clamp_min(1e-9)
-    return (rgb * (0.55 + 0.45 * lam.clamp(0, 1))).clamp(0, 1)
+    lam = (normal * to_light).sum(-1, keepdims=True) / np.maximum(np.linalg.norm(to_light, axis=-1, keepdims=True), 1e-9)
+    return np.clip(rgb * (0.55 + 0.45 * np.clip(lam, 0, 1)), 0, 1)

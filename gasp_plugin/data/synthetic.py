@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from gasp_plugin.data.render import Box, Room, look_at, pixel_rays, raycast, shade
 from gasp_plugin.data.scene import Scene
@@ -150,33 +149,32 @@ class SyntheticScene(Scene):
         return self._poses[self.check_frame(i)].copy()
 
     def raycast(self, origin, dirs):
-        """Exact first hits of world rays (see :func:`gasp_plugin.data.render.raycast`)."""
-        return raycast(self.room, torch.as_tensor(origin, dtype=torch.float64),
-                       torch.as_tensor(dirs, dtype=torch.float64))
+        """Exact first hits of world rays, numpy ``(t, surface, normal)`` (see
+        :func:`gasp_plugin.data.render.raycast`)."""
+        return raycast(self.room, origin, dirs)
 
 
 def render_frame(room: Room, K: np.ndarray, pose: np.ndarray, height: int, width: int,
                  supersample: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Render one view: ``(uint8 [h, w, 3], float32 [h, w])`` exact depth at pixel centres."""
-    Kt, Tt = torch.from_numpy(K), torch.from_numpy(pose)
-    origin, dirs = pixel_rays(Kt, Tt, height, width)
+    origin, dirs = pixel_rays(K, pose, height, width)
     t, surface, normal = raycast(room, origin, dirs)
-    depth = t.reshape(height, width).float().numpy()
-    rgb = torch.zeros(height * width, 3, dtype=torch.float64)
+    depth = t.reshape(height, width).astype(np.float32)
+    rgb = np.zeros((height * width, 3))
     offsets = [(k + 0.5) / supersample - 0.5 for k in range(supersample)]
     for dy in offsets:
         for dx in offsets:
             if supersample == 1:
                 ts, ss, ns, ds = t, surface, normal, dirs
             else:
-                Ks = Kt.clone()
+                Ks = np.array(K, dtype=np.float64, copy=True)
                 Ks[0, 2] -= dx
                 Ks[1, 2] -= dy  # rays through (u + dx, v + dy)
-                _, ds = pixel_rays(Ks, Tt, height, width)
+                _, ds = pixel_rays(Ks, pose, height, width)
                 ts, ss, ns = raycast(room, origin, ds)
             rgb += shade(room, origin + ts[:, None] * ds, ss, ns)
     rgb /= supersample ** 2
-    image = (rgb.reshape(height, width, 3) * 255 + 0.5).clamp(0, 255).to(torch.uint8).numpy()
+    image = np.clip(rgb.reshape(height, width, 3) * 255 + 0.5, 0, 255).astype(np.uint8)
     return image, depth
 
 
@@ -301,6 +299,8 @@ def generate_scenes(out_dir: str | Path, count: int, seed: int = 0,
 def covisibility(scene: Scene, gaps, grid: int = 8, max_anchors: int = 8) -> dict[int, float]:
     """Mean fraction of an anchor's grid points (with valid depth) visible ``gap`` frames later,
     over up to ``max_anchors`` evenly spaced anchors, for each gap."""
+    import torch
+
     from gasp_plugin.geometry.tracks import compute_tracks
 
     out = {}
