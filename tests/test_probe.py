@@ -114,8 +114,11 @@ def test_oracle_descriptor_is_perfect_on_a_static_scene(tiny_qwen):
     descriptors must score 1.0 at delta 0; this checks the runner's query/truth bookkeeping."""
     model, processor = tiny_qwen
     scene = StaticScene()
+    model.train()  # probing runs in eval mode and gives the model back in the mode it came in
     report = run_probe(model, processor, [scene], heads=OneHotHeads(), max_gap=3, pairs_per_gap=1,
                        progress=False)
+    assert model.training
+    model.eval()
     s = report.summary()["head"]
     assert s["pck0"] == 1.0 and s["pck2"] == 1.0
     assert s["robustness_max_gap"] == 1.0 and s["covisible_max_gap"] == 1.0

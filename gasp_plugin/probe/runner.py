@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -137,8 +137,9 @@ class _PairProbe:
         return out
 
 
-def _batches(prepared: list[_Prepared], batch_size: int):
-    """Consecutive pairs whose inputs have the same sequence length, ``batch_size`` at most."""
+def _batches(prepared, batch_size: int):
+    """Consecutive pairs (from an iterable of :class:`_Prepared`) whose inputs have the same
+    sequence length, ``batch_size`` at most."""
     batch: list[_Prepared] = []
     for item in prepared:
         if batch and (len(batch) == batch_size or item.inputs["input_ids"].shape != batch[0].inputs["input_ids"].shape):
@@ -155,6 +156,39 @@ def _stack_inputs(batch: list[_Prepared]) -> dict:
     keys = batch[0].inputs.keys()
     return {k: torch.cat([b.inputs[k] for b in batch]) if isinstance(batch[0].inputs[k], torch.Tensor)
             else batch[0].inputs[k] for k in keys}
+
+
+@dataclass
+class _Recorder:
+    """Accumulates per (descriptor, layer) match statistics and the matches for the picture."""
+
+    deltas: tuple[int, ...]
+    stats: dict = field(default_factory=dict)
+    matches: dict = field(default_factory=dict)
+
+    def add(self, name: str, layer: int, item: _Prepared, pred: torch.Tensor, conf: torch.Tensor) -> None:
+        grid_b = tuple(item.layouts[1].grid_hw)
+        st = self.stats.setdefault(name, {}).setdefault(layer, MatchStats(deltas=self.deltas))
+        st.add(pred, item.ttok, conf, grid_b, item.pair.gap)
+        tr = item.pair.tracks
+        self.matches.setdefault((name, layer), []).append(PairMatches(
+            item.index, tr.query_xy[item.valid].tolist(), tr.xy[1][item.valid].tolist(),
+            pred.tolist(), item.ttok.tolist(), grid_b))
+
+
+def _probe_batch(model, adapter, cap, probe: _PairProbe, batch: list[_Prepared], layers, rec: _Recorder) -> None:
+    """One forward of a batch of pairs, then every layer's descriptors matched and recorded."""
+    param = next(model.parameters())
+    inputs = _stack_inputs(batch)
+    model(**_to_device(inputs, param.device, param.dtype))
+    pos = adapter.frame_token_positions(inputs)  # [b, 2, n]
+    n_a, n_b = batch[0].layouts[0].num_tokens, batch[0].layouts[1].num_tokens
+    for layer in layers:
+        for name, (da, db) in probe.descriptors(cap, layer, pos[:, 0, :n_a], pos[:, 1, :n_b]).items():
+            for r, item in enumerate(batch):
+                pred, conf = match(da[r][item.qtok.to(da.device)], db[r], probe.temperature)
+                rec.add(name, layer, item, pred.cpu(), conf.cpu())
+    cap.clear()
 
 
 def run_probe(
@@ -212,50 +246,39 @@ def run_probe(
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     probe = _PairProbe(adapter, processor, *_heads_of(model), heads, temperature)
-    stats: dict = {}
-    matches: dict = {}
+    rec = _Recorder(tuple(deltas))
     skipped, token_grids = Counter(), set()
     forwards = 0
     t0 = time.perf_counter()
-    model.eval()
     bar = tqdm(total=len(pairs.pairs), desc="probe", unit="pair", disable=not progress)
-    prepared = []
-    for i, pair in enumerate(pairs.pairs):
-        item = probe.prepare(i, pair, scenes[pair.scene_index])
-        if isinstance(item, str):
-            skipped[item] += 1
-            bar.update(1)
-        else:
-            prepared.append(item)
-    capture = VisualCapture(model, adapter, layers, kinds=("hidden", "q", "k"), detach=True)
-    with torch.no_grad(), capture as cap:
-        for batch in _batches(prepared, batch_size):
-            inputs = _stack_inputs(batch)
-            model(**_to_device(inputs, param.device, param.dtype))
-            forwards += 1
-            pos = adapter.frame_token_positions(inputs)  # [b, 2, n]
-            n_a, n_b = batch[0].layouts[0].num_tokens, batch[0].layouts[1].num_tokens
-            for layer in layers:
-                for name, (da, db) in probe.descriptors(cap, layer, pos[:, 0, :n_a], pos[:, 1, :n_b]).items():
-                    for r, item in enumerate(batch):
-                        pred, conf = match(da[r][item.qtok.to(da.device)], db[r], temperature)
-                        pred, grid_b = pred.cpu(), item.layouts[1].grid_hw
-                        stats.setdefault(name, {}).setdefault(layer, MatchStats(deltas=tuple(deltas))).add(
-                            pred, item.ttok, conf.cpu(), grid_b, item.pair.gap)
-                        tr = item.pair.tracks
-                        matches.setdefault((name, layer), []).append(PairMatches(
-                            item.index, tr.query_xy[item.valid].tolist(), tr.xy[1][item.valid].tolist(),
-                            pred.tolist(), item.ttok.tolist(), tuple(grid_b)))
-            token_grids.update(tuple(item.layouts[1].grid_hw) for item in batch)
-            cap.clear()
-            bar.update(len(batch))
-    bar.close()
-    if not stats:
+
+    def prepared():  # lazily, so only one batch of inputs is held at a time
+        for i, pair in enumerate(pairs.pairs):
+            item = probe.prepare(i, pair, scenes[pair.scene_index])
+            if isinstance(item, str):
+                skipped[item] += 1
+                bar.update(1)
+            else:
+                yield item
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), VisualCapture(model, adapter, layers, kinds=("hidden", "q", "k"), detach=True) as cap:
+            for batch in _batches(prepared(), batch_size):
+                _probe_batch(model, adapter, cap, probe, batch, layers, rec)
+                forwards += 1
+                token_grids.update(tuple(item.layouts[1].grid_hw) for item in batch)
+                bar.update(len(batch))
+    finally:
+        model.train(was_training)
+        bar.close()
+    if not rec.stats:
         raise ValueError(f"no pair could be probed; left out: {dict(skipped)}")
     report = ProbeReport(
         model=model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__,
-        pair_set=pairs, stats=stats, deltas=tuple(deltas), temperature=temperature,
-        query_grid=pairs.grid, token_grids=sorted(token_grids), matches=matches, skipped=dict(skipped),
+        pair_set=pairs, stats=rec.stats, deltas=tuple(deltas), temperature=temperature,
+        query_grid=pairs.grid, token_grids=sorted(token_grids), matches=rec.matches, skipped=dict(skipped),
         layouts=dict(probe.layouts),
         meta={"layers_probed": layers, "forwards": forwards, "batch_size": int(batch_size),
               "scene_frames": {s.name: len(s) for s in scenes},
