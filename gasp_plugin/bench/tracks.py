@@ -1,6 +1,8 @@
 """``gasp bench tracks``: time to compute ground-truth tracks for a clip next to the time to decode
 the same clip's images and depth from disk, measured in one run (target: geometry <= 1/5 of
-decoding, so geometry batches stay decode-bound).
+decoding, so geometry batches stay decode-bound). Torch runs with ``--threads`` (default 1, as in
+DataLoader workers); on a machine whose cores are busy, more threads make each small torch op pay
+for waking the others (milliseconds), which says more about the machine than the geometry.
 
 Default clip: 16 frames of a 448x448 synthetic scene written as PNGs (hololens layout) to a
 temporary folder, 24x24 grid; ``--scene`` times an existing scene instead. ``--covisibility``
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=448, help="synthetic image side in pixels")
     parser.add_argument("--grid", type=int, default=24, help="query grid per side")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (median reported)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1, as in DataLoader workers, where clips are loaded)")
     parser.add_argument("--scene", default=None, help="time this scene folder instead of a synthetic one")
     parser.add_argument("--covisibility", action="store_true",
                         help="also measure co-visible fraction vs frame gap on default synthetic scenes")
@@ -103,6 +108,10 @@ def run(args) -> int:
     from gasp_plugin.data import open_scene
     from gasp_plugin.data.synthetic import SyntheticSceneConfig, make_synthetic_scene, write_scene
 
+    if args.threads < 1:
+        print(f"gasp bench tracks: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)  # this process is the benchmark: no library state touched
     with tempfile.TemporaryDirectory() as tmp:
         if args.scene:
             scene = open_scene(args.scene)
