@@ -18,7 +18,7 @@ from gasp_plugin.data.synthetic import (
     make_synthetic_scene,
     write_scene,
 )
-from gasp_plugin.geometry.tracks import compute_tracks, grid_queries, tracks_for_clip
+from gasp_plugin.geometry.tracks import compute_tracks, tracks_for_clip
 
 SMALL = SyntheticSceneConfig(height=96, width=112, num_frames=12)
 

@@ -207,7 +207,7 @@ def _place_boxes(cfg: SyntheticSceneConfig, size, rng, poses: np.ndarray) -> lis
     """Boxes on the floor, anywhere at least 0.5 m (footprint radius included) from the camera
     path, not overlapping each other."""
     lx, ly, _ = size
-    orbit = np.stack([np.linspace(0, 2 * np.pi, 180)] * 1)[0]
+    orbit = np.linspace(0, 2 * np.pi, 180)
     path = np.stack([lx / 2 + cfg.orbit * lx / 2 * np.cos(orbit), ly / 2 + cfg.orbit * ly / 2 * np.sin(orbit)], 1)
     path = np.concatenate([path, poses[:, :2, 3]])
     want = int(rng.integers(cfg.num_boxes[0], cfg.num_boxes[1] + 1))
