@@ -105,6 +105,11 @@ def test_probe_json_schema_and_figures(tiny_qwen, hololens, tmp_path):
     for name in ("pck_per_layer.png", "robustness.png", "matches.png"):
         with Image.open(tmp_path / name) as im:
             assert im.size[0] > 300 and im.size[1] > 200
+    from gasp_plugin.probe.plots import plot_conditions
+
+    path = plot_conditions({"a": report, "b": report}, tmp_path / "compare.png")
+    with Image.open(path) as im:
+        assert im.size[0] > 500
     table = report.table()
     assert "chance" in table.splitlines()[2] and "hidden" in table.splitlines()[0]
 

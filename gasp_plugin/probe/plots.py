@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_pck_per_layer", "plot_robustness", "plot_matches", "DESCRIPTOR_COLORS"]
+__all__ = ["plot_pck_per_layer", "plot_robustness", "plot_matches", "plot_conditions", "DESCRIPTOR_COLORS"]
 
 DESCRIPTOR_COLORS = {"qk": "tab:blue", "hidden": "tab:orange", "head": "tab:green"}
 _DELTA_STYLES = {0: ":", 1: "--", 2: "-"}
@@ -128,6 +128,31 @@ def plot_matches(
     ax.scatter(p[:, 0] + off, p[:, 1], s=22, c=colours[: len(q)], marker="x", linewidths=1.2)
     ax.set_axis_off()
     ax.set_title(title or f"{ok.sum()}/{len(ok)} correct", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_conditions(reports: dict, path: str | Path, delta: int = 2) -> Path:
+    """Before/after view: one panel per descriptor, PCK@delta per layer with one line per
+    condition (e.g. ``{"untrained": r0, "trained": r1}``), each condition's chance dashed."""
+    plt = _pyplot()
+    descs = [d for d in ("qk", "hidden", "head") if any(d in r.stats for r in reports.values())]
+    fig, axes = plt.subplots(1, len(descs), figsize=(4 * len(descs), 3.6), sharey=True, squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, d in zip(axes[0], descs):
+        for ci, (label, rep) in enumerate(reports.items()):
+            if d not in rep.stats:
+                continue
+            layers = rep.layers(d)
+            ax.plot(layers, [rep.stats[d][l].pck(delta) for l in layers], marker="o", ms=3,
+                    color=cmap(ci), label=label)
+            ax.axhline(rep.stats[d][layers[0]].chance_pck(delta), color=cmap(ci), ls=":", lw=0.8)
+            ax.set_xticks(layers)
+        ax.set_title(f"{d}: PCK@{delta} (dotted: chance)", fontsize=9)
+        ax.set_xlabel("LLM layer")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"PCK@{delta}")
+    axes[0][0].legend(fontsize=7)
     return _save(fig, path)
 
 
