@@ -269,6 +269,13 @@ def test_model_from_recipe_before_and_after_training(tmp_path):
     (out / "gasp_recipe.yaml").write_text(recipe.read_text())
     pm = load_probe_model(out)
     assert pm.heads_path == out / "gasp_heads.safetensors" and pm.gasp_config.embed_dim == 16
+    from gasp_plugin.probe.loading import held_out
+
+    assert pm.training_scenes == []  # this recipe names no geometry data
+    assert held_out([tmp_path / "a"], [tmp_path / "a" / "scene-1"]) is False
+    assert held_out([tmp_path / "a" / "scene-1"], [tmp_path / "a"]) is False
+    assert held_out([tmp_path / "b"], [tmp_path / "a"]) is True
+    assert held_out([tmp_path / "b"], None) is None
     heads = load_probe_heads(pm.model, pm.heads_path, pm.gasp_config)
     torch.testing.assert_close(heads.embed(0, x), trained.embed(0, x))
 

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from gasp_plugin.probe.loading import load_probe_heads, load_probe_model, open_scenes
+    from gasp_plugin.probe.loading import held_out, load_probe_heads, load_probe_model, open_scenes
     from gasp_plugin.probe.output import write_outputs
     from gasp_plugin.probe.pairs import select_pairs
     from gasp_plugin.probe.runner import run_probe
@@ -60,11 +60,15 @@ def run(args: argparse.Namespace) -> int:
     if heads is not None:
         print(f"heads: {heads_path} (layers {heads.layers})")
     scenes = open_scenes(args.scenes)
+    is_held_out = held_out(args.scenes, pm.training_scenes)
+    if is_held_out is False:
+        print(f"WARNING: --scenes {args.scenes} overlap the training scenes {[str(p) for p in pm.training_scenes]}: "
+              "these figures are not held-out figures")
     pairs = select_pairs(scenes, max_gap=args.max_gap, pairs_per_gap=args.pairs_per_gap, grid=args.grid)
     report = run_probe(model, pm.processor, scenes, heads=heads, pairs=pairs, layers=args.layers,
                        progress=not args.no_progress, model_name=pm.name, batch_size=args.batch_size)
     report.meta.update({"model_source": pm.source, "heads": str(heads_path) if heads_path else None,
-                        "scene_args": list(args.scenes)})
+                        "scene_args": list(args.scenes), "held_out": is_held_out})
     write_outputs(report, scenes, args.out)
     print(report.table())
     print(f"\nwrote {args.out}/probe.json and PNGs: " + ", ".join(sorted(report.meta.get("figures", []))))

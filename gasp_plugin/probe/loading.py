@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ProbeModel", "load_probe_model", "load_probe_heads", "open_scenes"]
+__all__ = ["ProbeModel", "load_probe_model", "load_probe_heads", "open_scenes", "held_out"]
 
 _TINY = "tiny:"
 _HEADS_FILE = "gasp_heads.safetensors"  # the file training writes beside the saved model
@@ -40,6 +40,7 @@ class ProbeModel:
     heads_path: Path | None = None
     gasp_config: Any = None
     source: str = ""
+    training_scenes: list[Path] | None = None  # geometry scene folders of the training recipe, if known
 
 
 def _load_checkpoint(path: Path):
@@ -69,6 +70,26 @@ def _load_peft(path: Path):
     return model, load_processor(path if has_processor else base_dir)
 
 
+def _training_scenes(recipe) -> list[Path]:
+    """Scene folders (or folders of scenes) a recipe trains on."""
+    g = recipe.data.geometry
+    dirs = [Path(p) for p in g.scenes]
+    if g.synthetic is not None:
+        out = Path(recipe.training.output_dir)
+        dirs.append(Path(g.synthetic.dir) if g.synthetic.dir else out / "data" / "scenes")
+    return dirs
+
+
+def held_out(scene_args, training_dirs) -> bool | None:
+    """False when a ``--scenes`` path and a training scene folder contain one another (the probe
+    would see training scenes); True when they are disjoint; None when the training data is unknown."""
+    if training_dirs is None:
+        return None
+    probe = [Path(p).resolve() for p in scene_args]
+    train = [Path(p).resolve() for p in training_dirs]
+    return not any(a == b or a in b.parents or b in a.parents for a in probe for b in train)
+
+
 def _is_checkpoint(path: Path) -> bool:
     return path.is_dir() and ((path / "adapter_config.json").exists() or (path / "config.json").exists())
 
@@ -83,7 +104,7 @@ def _load_from_recipe(spec: str) -> ProbeModel:
         pm = load_probe_model(out)
         heads = out / _HEADS_FILE
         return ProbeModel(pm.model, pm.processor, name, heads if heads.is_file() else None,
-                          recipe.gasp_config(), f"trained model of {spec} in {out}")
+                          recipe.gasp_config(), f"trained model of {spec} in {out}", _training_scenes(recipe))
     m = recipe.model
     if m.tiny_type:
         from gasp_plugin.models.tiny import build_tiny_model
@@ -123,7 +144,8 @@ def load_probe_model(spec: str | Path) -> ProbeModel:
         if (path / _RECIPE_FILE).is_file():
             from gasp_plugin.train.recipe import load_recipe
 
-            pm.gasp_config = load_recipe(path / _RECIPE_FILE, validate_gasp=False).gasp_config()
+            recipe = load_recipe(path / _RECIPE_FILE, validate_gasp=False)
+            pm.gasp_config, pm.training_scenes = recipe.gasp_config(), _training_scenes(recipe)
     pm.model.eval()
     return pm
 
