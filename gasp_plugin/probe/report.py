@@ -4,6 +4,18 @@ Descriptors: ``qk`` (the layer's attention query projection for anchor tokens vs
 projection for target tokens: the paper's probe), ``hidden`` (the layer's output hidden states),
 ``head`` (GASP head embeddings, when heads were given). The *peak layer* of a descriptor is the
 layer with the highest PCK@2 over all pairs (ties: the earliest layer).
+
+``probe.json`` (:meth:`ProbeReport.to_dict`); fractions in 0..1, ``null`` where undefined:
+
+- ``summary``: descriptor -> ``{peak_layer, pck0, pck1, pck2, chance_pck2, rho,
+  robustness_max_gap, max_gap, covisible_max_gap}`` at the peak layer, over all pairs;
+- ``layers``: descriptor -> per layer ``{layer, queries, pck{delta}, chance{delta}, rho,
+  pck2_by_gap{gap}, queries_by_gap{gap}, robustness{gap}}``;
+- ``gaps``: gap -> ``{pairs, rotation_deg, translation_m, covisible}`` (means over the pairs);
+- ``pairs``: every pair ``{scene, anchor, target, gap, rotation_deg, translation_m, covisible,
+  visible_points}``; ``scenes``; ``skipped`` (reason -> count);
+- conventions: ``similarity``, ``confidence``, ``distance``, ``deltas``, ``query_grid``,
+  ``token_grids``; ``meta``: layers probed, forwards, timing, device, figures, sources.
 """
 
 from __future__ import annotations
