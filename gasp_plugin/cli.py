@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("gasp_plugin.bench.cli", "benchmarks: tracks, overhead"),
     "probe": ("gasp_plugin.probe.cli", "layer-wise point-matching probe of a VLM on held-out scenes"),
     "train": ("gasp_plugin.train.launch", "train with GASP from a recipe: gasp train --recipe FILE [key=value ...]"),
+    "demo": ("gasp_plugin.demo", "the whole method on a tiny model: probe, train with GASP, probe again"),
 }
 
 

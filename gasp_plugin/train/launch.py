@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["TrainResult", "train", "add_arguments", "run", "main", "resolve_attention"]
+__all__ = ["TrainResult", "train", "add_arguments", "run", "main", "resolve_attention", "resolve_model_path"]
 
 logger = logging.getLogger("gasp_plugin.train")
 DEFAULT_RECIPE = "tiny_cpu"
@@ -116,7 +116,8 @@ def _resolve_deepspeed(recipe) -> str | None:
     raise FileNotFoundError(f"training.deepspeed={value!r} in {recipe.source}: no such file")
 
 
-def _resolve_model_path(recipe, output_dir: Path, is_main: bool) -> Path:
+def resolve_model_path(recipe, output_dir: Path, is_main: bool = True) -> Path:
+    """The local model folder a recipe trains: its model.path, or a tiny model built once there."""
     from gasp_plugin.train.assemble import ensure_once
 
     tiny = recipe.model.tiny_type
@@ -158,7 +159,7 @@ def train(recipe, overrides: list[str] | None = None, *, progress: bool = True) 
         _single_process_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     run_ = build_run(recipe, deepspeed_json=deepspeed_json, progress=progress,
-                     resolve_model_path=_resolve_model_path, resolve_attention=resolve_attention,
+                     resolve_model_path=resolve_model_path, resolve_attention=resolve_attention,
                      resolve_dtype=_resolve_dtype)
     trainer = run_.trainer
     resume = recipe.training.resume_from_checkpoint
