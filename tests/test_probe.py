@@ -280,7 +280,7 @@ def test_model_from_recipe_before_and_after_training(tmp_path):
     torch.testing.assert_close(heads.embed(0, x), trained.embed(0, x))
 
 
-def test_probe_cli_with_heads_on_a_synthetic_scene(tmp_path, capsys):
+def test_probe_cli_with_heads_on_a_synthetic_scene(tmp_path, capsys, caplog):
     """A written synthetic scene read back by the scene reader, a saved tiny checkpoint and a
     saved heads file: the ``head`` descriptor appears for the layers the heads supervise."""
     from gasp_plugin.core.attach import save_heads
@@ -291,6 +291,7 @@ def test_probe_cli_with_heads_on_a_synthetic_scene(tmp_path, capsys):
     scene = make_synthetic_scene(SyntheticSceneConfig(height=112, width=112, num_frames=5), seed=3)
     scenes_dir = tmp_path / "held_out"
     write_scene(scene, scenes_dir / "scene-a")
+    (scenes_dir / "notes").mkdir()  # not a scene: skipped with a warning
     ckpt = save_tiny_model("qwen2_vl", tmp_path / "ckpt", hidden_size=64, num_layers=2, image_size=112)
     heads = GaspHeads(64, layers=[1], config=GaspConfig(embed_dim=16, init="random"))
     heads_file = save_heads(heads, tmp_path / "gasp_heads.safetensors")
@@ -305,6 +306,7 @@ def test_probe_cli_with_heads_on_a_synthetic_scene(tmp_path, capsys):
     assert data["token_grids"] == [[4, 4]]
     assert data["summary"]["qk"]["chance_pck2"] > 0.5  # a 4x4 grid: most cells lie within 2
     assert "head" in capsys.readouterr().out
+    assert "skipping" in caplog.text and "notes" in caplog.text
     assert data["meta"]["heads"] == str(heads_file) and data["meta"]["scene_args"] == [str(scenes_dir)]
 
 

@@ -18,12 +18,14 @@ Nothing is fetched from the Hugging Face hub.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = ["ProbeModel", "load_probe_model", "load_probe_heads", "open_scenes", "held_out"]
 
+_log = logging.getLogger(__name__)
 _TINY = "tiny:"
 _HEADS_FILE = "gasp_heads.safetensors"  # the file training writes beside the saved model
 _RECIPE_FILE = "gasp_recipe.yaml"  # the resolved recipe training writes beside it
@@ -203,8 +205,12 @@ def open_scenes(paths) -> list:
             scenes.append(scene)
             continue
         subs = sorted(q for q in p.iterdir() if q.is_dir()) if p.is_dir() else []
-        inner = [s for s in (_try_open(q)[0] for q in subs) if s is not None]
+        opened = [(q, *_try_open(q)) for q in subs]
+        inner = [sc for _, sc, _ in opened if sc is not None]
         if not inner:
             raise ValueError(f"--scenes: {p} is neither a scene nor a folder of scenes ({err})")
+        for q, sc, sub_err in opened:
+            if sc is None:
+                _log.warning("--scenes: skipping %s, not a readable scene (%s)", q, str(sub_err).splitlines()[0])
         scenes.extend(inner)
     return scenes
