@@ -157,6 +157,8 @@ def test_probe_bad_inputs(tiny_qwen, hololens):
         run_probe(model, processor, [hololens], layers=[5], max_gap=1, pairs_per_gap=1, progress=False)
     from gasp_plugin.core.head import GaspHeads
 
+    with pytest.raises(ValueError, match="unknown distance"):
+        run_probe(model, processor, [hololens], distance="manhattan", max_gap=1, progress=False)
     with pytest.raises(ValueError, match="hidden size 32"):
         run_probe(model, processor, [hololens], heads=GaspHeads(32, [0]), max_gap=1, progress=False)
 
@@ -209,8 +211,10 @@ def test_probe_cli_on_a_saved_checkpoint_and_a_peft_adapter(tmp_path, capsys):
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == str(ckpt)
     rc = main(["probe", "--model", str(adapter_dir), "--scenes", scene_dir, "--max-gap", "1",
-               "--pairs-per-gap", "1", "--out", str(tmp_path / "probe2"), "--no-progress"])
+               "--pairs-per-gap", "1", "--out", str(tmp_path / "probe2"), "--no-progress", "--distance", "euclidean"])
     assert rc == 0
+    data2 = json.loads((tmp_path / "probe2" / "probe.json").read_text())
+    assert data2["distance"] == "euclidean distance in token cells"
 
 
 def test_probe_cli_errors(tmp_path):

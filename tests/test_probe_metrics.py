@@ -19,14 +19,17 @@ from gasp_plugin.probe.metrics import (
 )
 
 
-def _brute_force_chance(gh, gw, delta):
+_DIST = {"chebyshev": lambda dr, dc: max(abs(dr), abs(dc)), "euclidean": lambda dr, dc: math.hypot(dr, dc)}
+
+
+def _brute_force_chance(gh, gw, delta, metric="chebyshev"):
     """Independent reference: enumerate every (true, predicted) cell pair."""
     hits = 0
     for tr in range(gh):
         for tc in range(gw):
             for pr in range(gh):
                 for pc in range(gw):
-                    hits += max(abs(tr - pr), abs(tc - pc)) <= delta
+                    hits += _DIST[metric](tr - pr, tc - pc) <= delta
     return hits / (gh * gw) ** 2
 
 
@@ -39,8 +42,27 @@ def test_chance_hand_computed_3x3():
 
 @pytest.mark.parametrize("grid", [(8, 8), (4, 6), (1, 5), (7, 3)])
 @pytest.mark.parametrize("delta", [0, 1, 2, 3])
-def test_chance_matches_enumeration(grid, delta):
-    assert chance_pck(grid, delta) == pytest.approx(_brute_force_chance(*grid, delta))
+@pytest.mark.parametrize("metric", ["chebyshev", "euclidean"])
+def test_chance_matches_enumeration(grid, delta, metric):
+    assert chance_pck(grid, delta, metric=metric) == pytest.approx(_brute_force_chance(*grid, delta, metric))
+
+
+def test_euclidean_hand_computed_3x3():
+    # delta 1, Euclidean: a plus shape; corners see 3 cells, edges 4, the centre 5
+    assert chance_pck((3, 3), 1, metric="euclidean") == pytest.approx((4 * 3 + 4 * 4 + 5) / 81)
+    # (0,0) -> (1,1) is sqrt(2): within 1 for Chebyshev, not for Euclidean
+    assert pck(torch.tensor([4]), torch.tensor([0]), (3, 3), 1) == 1.0
+    assert pck(torch.tensor([4]), torch.tensor([0]), (3, 3), 1, metric="euclidean") == 0.0
+
+
+def test_cell_distance_registry():
+    from gasp_plugin.probe.metrics import CELL_DISTANCES, register_cell_distance
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_cell_distance("chebyshev", lambda dr, dc: dr)
+    with pytest.raises(ValueError, match="known: \\['chebyshev', 'euclidean'"):
+        cell_distance(torch.tensor([0]), torch.tensor([0]), (2, 2), metric="manhattan")
+    assert set(CELL_DISTANCES) >= {"chebyshev", "euclidean"}
 
 
 def test_chance_for_given_true_cells():

@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", type=int, default=8, help="query points per side on the anchor frame")
     parser.add_argument("--pairs-per-gap", type=int, default=2, help="anchor frames per scene and gap")
     parser.add_argument("--layers", type=_layers, default=None, help="'all' or comma-separated LLM layer indices")
+    parser.add_argument("--distance", default="chebyshev",
+                        help="cell metric of PCK@delta: chebyshev (a (2 delta + 1)^2 square) or euclidean (a disc)")
     parser.add_argument("--batch-size", type=int, default=8, help="frame pairs per forward (one pair per batch row)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -66,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
               "these figures are not held-out figures")
     pairs = select_pairs(scenes, max_gap=args.max_gap, pairs_per_gap=args.pairs_per_gap, grid=args.grid)
     report = run_probe(model, pm.processor, scenes, heads=heads, pairs=pairs, layers=args.layers,
-                       progress=not args.no_progress, model_name=pm.name, batch_size=args.batch_size)
+                       progress=not args.no_progress, model_name=pm.name, batch_size=args.batch_size,
+                       distance=args.distance)
     report.meta.update({"model_source": pm.source, "heads": str(heads_path) if heads_path else None,
                         "scene_args": list(args.scenes), "held_out": is_held_out})
     write_outputs(report, scenes, args.out)

@@ -8,9 +8,11 @@ Conventions used by every function here:
 
 - Similarity is cosine (descriptors are L2-normalised, then dotted).
 - The predicted match of a query is the argmax of its similarities over the target tokens.
-- Distances are in *token cells*: the Chebyshev distance ``max(|dr|, |dc|)`` between the predicted
-  and the true cell, so PCK@delta counts a match correct when it lies in the ``(2 delta + 1)^2``
-  block of cells centred on the truth (clipped to the grid).
+- Distances are in *token cells*, by default the Chebyshev distance ``max(|dr|, |dc|)`` between
+  the predicted and the true cell, so PCK@delta counts a match correct when it lies in the
+  ``(2 delta + 1)^2`` block of cells centred on the truth (clipped to the grid). ``"euclidean"``
+  (``sqrt(dr^2 + dc^2)``, a disc of cells) is registered too; other metrics can be registered
+  with :func:`register_cell_distance`. Chance levels are always computed for the metric in use.
 - Confidence is the maximum of ``softmax(cos / temperature)`` over the target tokens, with
   ``temperature = 0.07`` by default (the temperature of the GASP correspondence loss).
 """
@@ -26,7 +28,9 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "CELL_DISTANCES",
     "DEFAULT_TEMPERATURE",
+    "register_cell_distance",
     "MatchStats",
     "cell_distance",
     "cells_within_fraction",
@@ -90,43 +94,72 @@ def match(
     return pred, confidence
 
 
-def cell_distance(pred: torch.Tensor, true: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Chebyshev distance ``[q]`` (long) in token cells between token indices ``pred`` and ``true``."""
+def _chebyshev(dr: torch.Tensor, dc: torch.Tensor) -> torch.Tensor:
+    return torch.maximum(dr.abs(), dc.abs()).double()
+
+
+def _euclidean(dr: torch.Tensor, dc: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt((dr * dr + dc * dc).double())
+
+
+# name -> distance of cell offsets (dr, dc) (long tensors) in token cells
+CELL_DISTANCES = {"chebyshev": _chebyshev, "euclidean": _euclidean}
+
+
+def register_cell_distance(name: str, fn) -> None:
+    """Add a cell metric ``fn(dr, dc) -> distance`` under ``name`` (duplicates rejected)."""
+    if name in CELL_DISTANCES:
+        raise ValueError(f"cell distance {name!r} is already registered")
+    CELL_DISTANCES[name] = fn
+
+
+def _metric(name: str):
+    if name not in CELL_DISTANCES:
+        raise ValueError(f"unknown cell distance {name!r}; known: {sorted(CELL_DISTANCES)}")
+    return CELL_DISTANCES[name]
+
+
+def cell_distance(pred: torch.Tensor, true: torch.Tensor, grid: tuple[int, int],
+                  metric: str = "chebyshev") -> torch.Tensor:
+    """Distance ``[q]`` (float64, token cells) between token indices ``pred`` and ``true``."""
     gh, gw = _check_grid(grid)
+    fn = _metric(metric)
     pred, true = torch.as_tensor(pred).long(), torch.as_tensor(true).long()
     n = gh * gw
     for name, idx in (("pred", pred), ("true", true)):
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
             raise ValueError(f"{name} token indices must lie in [0, {n}) for grid {grid}")
-    dr = (pred // gw - true // gw).abs()
-    dc = (pred % gw - true % gw).abs()
-    return torch.maximum(dr, dc)
+    return fn(pred // gw - true // gw, pred % gw - true % gw)
 
 
-def pck(pred: torch.Tensor, true: torch.Tensor, grid: tuple[int, int], delta: int) -> float:
-    """PCK@delta: fraction of queries whose predicted cell is within ``delta`` cells (Chebyshev)
-    of the true cell. ``nan`` when there are no queries."""
+def pck(pred: torch.Tensor, true: torch.Tensor, grid: tuple[int, int], delta: int,
+        metric: str = "chebyshev") -> float:
+    """PCK@delta: fraction of queries whose predicted cell is within ``delta`` cells of the true
+    cell. ``nan`` when there are no queries."""
     delta = _check_delta(delta)
-    dist = cell_distance(pred, true, grid)
+    dist = cell_distance(pred, true, grid, metric)
     return float((dist <= delta).float().mean()) if dist.numel() else math.nan
 
 
-def cells_within_fraction(true: torch.Tensor, grid: tuple[int, int], delta: int) -> torch.Tensor:
+def cells_within_fraction(true: torch.Tensor, grid: tuple[int, int], delta: int,
+                          metric: str = "chebyshev") -> torch.Tensor:
     """Per query ``[q]`` float64: fraction of the grid's cells within ``delta`` of the true cell.
 
     This is the probability that a uniformly random prediction is counted correct for that query,
-    i.e. the exact chance level of PCK@delta for that query.
+    i.e. the exact chance level of PCK@delta for that query. Computed by measuring the distance
+    from each true cell to every cell of the grid, so it is exact for any registered metric.
     """
     gh, gw = _check_grid(grid)
     delta = _check_delta(delta)
-    true = torch.as_tensor(true).long()
-    r, c = true // gw, true % gw
-    rows = torch.clamp(r + delta, max=gh - 1) - torch.clamp(r - delta, min=0) + 1
-    cols = torch.clamp(c + delta, max=gw - 1) - torch.clamp(c - delta, min=0) + 1
-    return (rows * cols).double() / (gh * gw)
+    true = torch.as_tensor(true).long().reshape(-1)
+    cells = torch.arange(gh * gw)
+    fn = _metric(metric)
+    dist = fn(cells[None] // gw - true[:, None] // gw, cells[None] % gw - true[:, None] % gw)  # [q, n]
+    return (dist <= delta).double().mean(dim=1)
 
 
-def chance_pck(grid: tuple[int, int], delta: int, true: torch.Tensor | None = None) -> float:
+def chance_pck(grid: tuple[int, int], delta: int, true: torch.Tensor | None = None,
+               metric: str = "chebyshev") -> float:
     """Exact chance level of PCK@delta on a ``(gh, gw)`` grid for uniformly random predictions.
 
     The mean, over true cells, of the fraction of cells within ``delta`` of that cell. With
@@ -136,7 +169,7 @@ def chance_pck(grid: tuple[int, int], delta: int, true: torch.Tensor | None = No
     gh, gw = _check_grid(grid)
     if true is None:
         true = torch.arange(gh * gw)
-    frac = cells_within_fraction(true, (gh, gw), delta)
+    frac = cells_within_fraction(true, (gh, gw), delta, metric)
     return float(frac.mean()) if frac.numel() else math.nan
 
 
@@ -172,6 +205,7 @@ class MatchStats:
     """
 
     deltas: tuple[int, ...] = (0, 1, 2)
+    metric: str = "chebyshev"
     distance: list[torch.Tensor] = field(default_factory=list)
     chance: list[torch.Tensor] = field(default_factory=list)  # each [q, len(deltas)]
     confidence: list[torch.Tensor] = field(default_factory=list)
@@ -186,17 +220,17 @@ class MatchStats:
         gap: int,
     ) -> None:
         """Record one frame pair: ``pred``, ``true`` ``[q]`` token indices, ``confidence`` ``[q]``."""
-        self.distance.append(cell_distance(pred, true, grid).cpu())
+        self.distance.append(cell_distance(pred, true, grid, self.metric).cpu())
         self.chance.append(
-            torch.stack([cells_within_fraction(true, grid, d) for d in self.deltas], dim=-1).cpu()
+            torch.stack([cells_within_fraction(true, grid, d, self.metric) for d in self.deltas], dim=-1).cpu()
         )
         self.confidence.append(torch.as_tensor(confidence).detach().double().cpu())
         self.gap.append(torch.full((len(true),), int(gap), dtype=torch.long))
 
     def _cat(self, gap: int | None = None):
         if not self.distance:
-            empty = torch.zeros(0)
-            return empty.long(), empty.double().reshape(0, len(self.deltas)), empty.double()
+            empty = torch.zeros(0, dtype=torch.float64)
+            return empty, empty.reshape(0, len(self.deltas)), empty
         dist, chance = torch.cat(self.distance), torch.cat(self.chance)
         conf, gaps = torch.cat(self.confidence), torch.cat(self.gap)
         if gap is not None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gasp_plugin.probe.metrics import cell_distance
 from gasp_plugin.probe.plots import plot_matches, plot_pck_per_layer, plot_robustness
 from gasp_plugin.probe.report import PEAK_DELTA, ProbeReport
 
@@ -49,10 +50,9 @@ def write_outputs(report: ProbeReport, scenes, out_dir: str | Path) -> list[Path
     anchor, target = np.asarray(scene.image(pair.anchor)), np.asarray(scene.image(pair.target))
     centres = token_centres(report.layouts[tuple(target.shape[:2])])
     pred_xy = centres[np.asarray(rec.pred)].numpy()
-    dist = np.maximum(np.abs(np.asarray(rec.pred) // rec.grid[1] - np.asarray(rec.true) // rec.grid[1]),
-                      np.abs(np.asarray(rec.pred) % rec.grid[1] - np.asarray(rec.true) % rec.grid[1]))
+    dist = cell_distance(rec.pred, rec.true, rec.grid, report.distance).numpy()
     title = (f"{desc} layer {layer}: {pair.scene} frames {pair.anchor} -> {pair.target} (gap {pair.gap}); "
-             f"{int((dist <= PEAK_DELTA).sum())}/{len(dist)} within {PEAK_DELTA} cells")
+             f"{int((dist <= PEAK_DELTA).sum())}/{len(dist)} within {PEAK_DELTA} cells ({report.distance})")
     paths.append(plot_matches(anchor, target, np.asarray(rec.query_xy), np.asarray(rec.true_xy), pred_xy,
                               dist <= PEAK_DELTA, out / "matches.png", title=title,
                               grid_lines=cell_boundaries(report.layouts[tuple(target.shape[:2])])))

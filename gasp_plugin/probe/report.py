@@ -64,6 +64,7 @@ class ProbeReport:
     pair_set: PairSet
     stats: dict[str, dict[int, MatchStats]]
     deltas: tuple[int, ...] = (0, 1, 2)
+    distance: str = "chebyshev"
     temperature: float = 0.07
     query_grid: int = 8
     token_grids: list[tuple[int, int]] = field(default_factory=list)
@@ -134,7 +135,7 @@ class ProbeReport:
             "model": self.model,
             "similarity": "cosine",
             "confidence": f"max softmax(cosine / {self.temperature})",
-            "distance": "Chebyshev distance in token cells",
+            "distance": f"{self.distance} distance in token cells",
             "deltas": list(self.deltas),
             "query_grid": self.query_grid,
             "token_grids": [list(t) for t in self.token_grids],

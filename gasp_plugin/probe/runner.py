@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from gasp_plugin.probe.descriptors import qk_descriptors
-from gasp_plugin.probe.metrics import DEFAULT_TEMPERATURE, MatchStats, match
+from gasp_plugin.probe.metrics import CELL_DISTANCES, DEFAULT_TEMPERATURE, MatchStats, match
 from gasp_plugin.probe.pairs import MAX_GAP_LIMIT, PairSet, select_pairs
 from gasp_plugin.probe.report import PairMatches, ProbeReport
 
@@ -163,12 +163,13 @@ class _Recorder:
     """Accumulates per (descriptor, layer) match statistics and the matches for the picture."""
 
     deltas: tuple[int, ...]
+    metric: str = "chebyshev"
     stats: dict = field(default_factory=dict)
     matches: dict = field(default_factory=dict)
 
     def add(self, name: str, layer: int, item: _Prepared, pred: torch.Tensor, conf: torch.Tensor) -> None:
         grid_b = tuple(item.layouts[1].grid_hw)
-        st = self.stats.setdefault(name, {}).setdefault(layer, MatchStats(deltas=self.deltas))
+        st = self.stats.setdefault(name, {}).setdefault(layer, MatchStats(deltas=self.deltas, metric=self.metric))
         st.add(pred, item.ttok, conf, grid_b, item.pair.gap)
         tr = item.pair.tracks
         self.matches.setdefault((name, layer), []).append(PairMatches(
@@ -208,6 +209,7 @@ def run_probe(
     progress: bool = True,
     model_name: str | None = None,
     batch_size: int = 8,
+    distance: str = "chebyshev",
 ) -> ProbeReport:
     """Probe ``model`` on held-out ``scenes``.
 
@@ -226,6 +228,8 @@ def run_probe(
         model_name: the name recorded in the report (default: the config's ``_name_or_path``).
         batch_size: pairs per forward. Each pair is its own batch row holding the two frames, so
             batching changes nothing but speed (pairs of different sequence lengths are not mixed).
+        distance: cell metric of PCK (``"chebyshev"``: a square of cells; ``"euclidean"``: a disc;
+            see :data:`gasp_plugin.probe.metrics.CELL_DISTANCES`).
 
     Returns:
         :class:`ProbeReport`.
@@ -246,7 +250,9 @@ def run_probe(
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     probe = _PairProbe(adapter, processor, *_heads_of(model), heads, temperature)
-    rec = _Recorder(tuple(deltas))
+    if distance not in CELL_DISTANCES:
+        raise ValueError(f"unknown distance {distance!r}; known: {sorted(CELL_DISTANCES)}")
+    rec = _Recorder(tuple(deltas), distance)
     skipped, token_grids = Counter(), set()
     forwards = 0
     t0 = time.perf_counter()
@@ -277,7 +283,7 @@ def run_probe(
         raise ValueError(f"no pair could be probed; left out: {dict(skipped)}")
     report = ProbeReport(
         model=model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__,
-        pair_set=pairs, stats=rec.stats, deltas=tuple(deltas), temperature=temperature,
+        pair_set=pairs, stats=rec.stats, deltas=tuple(deltas), distance=distance, temperature=temperature,
         query_grid=pairs.grid, token_grids=sorted(token_grids), matches=rec.matches, skipped=dict(skipped),
         layouts=dict(probe.layouts),
         meta={"layers_probed": layers, "forwards": forwards, "batch_size": int(batch_size),
