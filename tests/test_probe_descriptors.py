@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gasp_plugin.probe.descriptors import qk_descriptors
+from gasp_plugin.core.qk import qk_descriptors
 from gasp_plugin.probe.metrics import cosine_similarity
 
 

@@ -35,9 +35,9 @@ def _brute_force_chance(gh, gw, delta, metric="chebyshev"):
 
 def test_chance_hand_computed_3x3():
     # delta 1 on 3x3: 4 corners see 4 cells, 4 edges see 6, the centre sees 9.
-    assert chance_pck((3, 3), 1) == pytest.approx((4 * 4 + 4 * 6 + 9) / 81)
-    assert chance_pck((3, 3), 0) == pytest.approx(1 / 9)
-    assert chance_pck((3, 3), 2) == pytest.approx(1.0)
+    assert chance_pck((3, 3), 1, metric="chebyshev") == pytest.approx((4 * 4 + 4 * 6 + 9) / 81)
+    assert chance_pck((3, 3), 0, metric="chebyshev") == pytest.approx(1 / 9)
+    assert chance_pck((3, 3), 2, metric="chebyshev") == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("grid", [(8, 8), (4, 6), (1, 5), (7, 3)])
@@ -51,7 +51,7 @@ def test_euclidean_hand_computed_3x3():
     # delta 1, Euclidean: a plus shape; corners see 3 cells, edges 4, the centre 5
     assert chance_pck((3, 3), 1, metric="euclidean") == pytest.approx((4 * 3 + 4 * 4 + 5) / 81)
     # (0,0) -> (1,1) is sqrt(2): within 1 for Chebyshev, not for Euclidean
-    assert pck(torch.tensor([4]), torch.tensor([0]), (3, 3), 1) == 1.0
+    assert pck(torch.tensor([4]), torch.tensor([0]), (3, 3), 1, metric="chebyshev") == 1.0
     assert pck(torch.tensor([4]), torch.tensor([0]), (3, 3), 1, metric="euclidean") == 0.0
 
 
@@ -67,16 +67,21 @@ def test_cell_distance_registry():
 
 def test_chance_for_given_true_cells():
     # true cell = corner (0) and centre (4) of a 3x3 grid, delta 1: (4/9 + 9/9) / 2
-    assert chance_pck((3, 3), 1, torch.tensor([0, 4])) == pytest.approx((4 / 9 + 1) / 2)
-    assert cells_within_fraction(torch.tensor([0, 4]), (3, 3), 1).tolist() == pytest.approx([4 / 9, 1])
+    assert chance_pck((3, 3), 1, torch.tensor([0, 4]), metric="chebyshev") == pytest.approx((4 / 9 + 1) / 2)
+    assert cells_within_fraction(torch.tensor([0, 4]), (3, 3), 1, metric="chebyshev").tolist() == pytest.approx([4 / 9, 1])
 
 
-def test_cell_distance_is_chebyshev():
+def test_default_cell_distance_is_euclidean():
+    # (0,0) -> (1,1): sqrt(2) cells
+    assert cell_distance(torch.tensor([4]), torch.tensor([0]), (3, 3)).tolist() == pytest.approx([2**0.5])
+
+
+def test_cell_distance_chebyshev():
     grid = (4, 5)  # token k -> (k // 5, k % 5)
     pred = torch.tensor([0, 6, 19, 3])
     true = torch.tensor([0, 0, 0, 15])  # (0,0),(0,0),(0,0),(3,0)
     # (0,0)->0; (1,1)->1; (3,4)->4; (0,3) vs (3,0) -> 3
-    assert cell_distance(pred, true, grid).tolist() == [0, 1, 4, 3]
+    assert cell_distance(pred, true, grid, metric="chebyshev").tolist() == [0, 1, 4, 3]
 
 
 def test_cell_distance_rejects_out_of_grid():
@@ -170,7 +175,7 @@ def test_temporal_robustness():
 
 
 def test_match_stats_aggregates_over_pairs():
-    stats = MatchStats(deltas=(0, 1, 2))
+    stats = MatchStats(deltas=(0, 1, 2), metric="chebyshev")
     grid = (3, 3)
     # pair at gap 1: 2 queries, both exact
     stats.add(torch.tensor([0, 4]), torch.tensor([0, 4]), torch.tensor([0.9, 0.8]), grid, gap=1)

@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", type=int, default=8, help="query points per side on the anchor frame")
     parser.add_argument("--pairs-per-gap", type=int, default=2, help="anchor frames per scene and gap")
     parser.add_argument("--layers", type=_layers, default=None, help="'all' or comma-separated LLM layer indices")
-    parser.add_argument("--distance", default="chebyshev",
-                        help="cell metric of PCK@delta: chebyshev (a (2 delta + 1)^2 square) or euclidean (a disc)")
+    parser.add_argument("--distance", default="euclidean",
+                        help="cell metric of PCK@delta: euclidean (a disc of radius delta, the default) or chebyshev (a (2 delta + 1)^2 square)")
     parser.add_argument("--batch-size", type=int, default=8, help="frame pairs per forward (one pair per batch row)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gasp_plugin.probe.metrics import MatchStats
+from gasp_plugin.probe.metrics import DEFAULT_DISTANCE, MatchStats
 from gasp_plugin.probe.pairs import PairSet, gap_summary
 
 __all__ = ["DESCRIPTORS", "PairMatches", "ProbeReport", "PEAK_DELTA"]
@@ -64,7 +64,7 @@ class ProbeReport:
     pair_set: PairSet
     stats: dict[str, dict[int, MatchStats]]
     deltas: tuple[int, ...] = (0, 1, 2)
-    distance: str = "chebyshev"
+    distance: str = DEFAULT_DISTANCE
     temperature: float = 0.07
     query_grid: int = 8
     token_grids: list[tuple[int, int]] = field(default_factory=list)

@@ -12,7 +12,7 @@ pixel; its truth is the target token holding the track's pixel in the target fra
 visible in the target (and inside both token grids) count. Descriptors (cosine similarity):
 
 - ``qk``: anchor-token queries vs target-token keys, averaged over heads
-  (:mod:`gasp_plugin.probe.descriptors`);
+  (:mod:`gasp_plugin.core.qk`, shared with the optional query/key loss term);
 - ``hidden``: the layer's output hidden states of both frames;
 - ``head``: the GASP head of the layer applied to those hidden states (when heads are given).
 """
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gasp_plugin.probe.descriptors import qk_descriptors
-from gasp_plugin.probe.metrics import CELL_DISTANCES, DEFAULT_TEMPERATURE, MatchStats, match
+from gasp_plugin.core.qk import qk_descriptors
+from gasp_plugin.probe.metrics import CELL_DISTANCES, DEFAULT_DISTANCE, DEFAULT_TEMPERATURE, MatchStats, match
 from gasp_plugin.probe.pairs import MAX_GAP_LIMIT, PairSet, select_pairs
 from gasp_plugin.probe.report import PairMatches, ProbeReport
 
@@ -163,7 +163,7 @@ class _Recorder:
     """Accumulates per (descriptor, layer) match statistics and the matches for the picture."""
 
     deltas: tuple[int, ...]
-    metric: str = "chebyshev"
+    metric: str = DEFAULT_DISTANCE
     stats: dict = field(default_factory=dict)
     matches: dict = field(default_factory=dict)
 
@@ -209,7 +209,7 @@ def run_probe(
     progress: bool = True,
     model_name: str | None = None,
     batch_size: int = 8,
-    distance: str = "chebyshev",
+    distance: str = DEFAULT_DISTANCE,
 ) -> ProbeReport:
     """Probe ``model`` on held-out ``scenes``.
 
