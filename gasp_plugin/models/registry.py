@@ -118,6 +118,8 @@ class VLMAdapter(ABC):
 
     #: regex on a module's full name matching a decoder layer; group 1 = layer index
     layer_pattern: str = r"(?:^|\.)language_model\.layers\.(\d+)$"
+    #: regex on a parameter's full name matching the vision encoder and its projector into the LLM
+    vision_pattern: str = r"(?:^|\.)(?:visual|vision_tower|multi_modal_projector)\."
 
     def __init__(self, config: Any):
         self.config = config
@@ -143,6 +145,17 @@ class VLMAdapter(ABC):
         if sorted(found) != list(range(len(found))):
             raise ValueError(f"decoder layer indices are not contiguous: {sorted(found)}")
         return [found[i] for i in range(len(found))]
+
+    def vision_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        """``[(name, parameter)]`` of the vision encoder and projector, under any wrapper prefix."""
+        pattern = re.compile(self.vision_pattern)
+        found = [(n, p) for n, p in model.named_parameters() if pattern.search(n)]
+        if not found:
+            raise ValueError(
+                f"no parameter of this {type(model).__name__} matches the vision pattern "
+                f"{self.vision_pattern!r} of adapter {type(self).__name__}"
+            )
+        return found
 
     def forward_bounds(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
         """``(embed_tokens, final_norm)`` of the LLM: run once per forward, outside checkpointing."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,17 +60,27 @@ def training_arguments(recipe, deepspeed_json: str | None, progress: bool):
     )
 
 
-def apply_lora(model, recipe, heads):
-    """Wrap with PEFT LoRA (``recipe.lora``) or freeze all but the language model; heads stay trainable."""
+def _vision_module_names(model, adapter) -> list[str]:
+    """Names of the top vision modules (e.g. ``visual``; ``vision_tower``, ``multi_modal_projector``)."""
+    pattern = re.compile(adapter.vision_pattern)
+    return sorted({pattern.search(name).group(0).strip(".") for name, _ in adapter.vision_parameters(model)})
+
+
+def apply_lora(model, recipe, heads, adapter):
+    """Wrap with PEFT LoRA (``recipe.lora``) or freeze all but the language model; heads stay
+    trainable; ``model.train_vision`` also trains the vision encoder and projector."""
+    train_vision = recipe.model.train_vision
     if recipe.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
         cfg = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
-                         target_modules=recipe.lora.target, task_type="CAUSAL_LM")
+                         target_modules=recipe.lora.target, task_type="CAUSAL_LM",
+                         modules_to_save=_vision_module_names(model, adapter) if train_vision else None)
         model = get_peft_model(model, cfg)
     else:
+        vision = {n for n, _ in adapter.vision_parameters(model)} if train_vision else set()
         for name, p in model.named_parameters():
-            p.requires_grad_("language_model" in name)
+            p.requires_grad_("language_model" in name or name in vision)
     for p in heads.parameters():  # PEFT froze them; they are saved on their own, not in the adapter
         p.requires_grad_(True)
     return model
@@ -204,7 +215,7 @@ def build_run(recipe, *, deepspeed_json, progress, resolve_model_path, resolve_a
     adapter = get_adapter(model)
     forward_keys = frozenset(inspect.signature(model.forward).parameters)
     handle = attach_gasp(model, recipe.gasp_config())
-    model = apply_lora(model, recipe, handle.heads)
+    model = apply_lora(model, recipe, handle.heads, adapter)
 
     geometry = _geometry_source(recipe, processor, adapter, output_dir, is_main)
     instruct_ds, instruct = _instruct_source(recipe, processor, model.config, output_dir, is_main)

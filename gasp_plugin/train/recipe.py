@@ -89,6 +89,10 @@ class ModelRecipe:
     dtype: str = "auto"  # auto = bfloat16 if training.bf16, float16 if training.fp16, else float32
     min_pixels: int | None = None  # processor resize bounds (Qwen); null = the processor's own
     max_pixels: int | None = None
+    # also train the vision encoder and projector (the paper keeps them frozen; a tiny model with
+    # random weights has no pretrained visual features to keep). Under LoRA they are trained in
+    # full through PEFT modules_to_save and saved in the adapter.
+    train_vision: bool = False
     tiny: TinyModelRecipe = field(default_factory=TinyModelRecipe)
 
     def __post_init__(self):
@@ -96,6 +100,8 @@ class ModelRecipe:
             raise ValueError("path is required: a local checkpoint folder or tiny:<model_type>")
         _choice("attn_implementation", self.attn_implementation, ATTN_CHOICES)
         _choice("dtype", self.dtype, DTYPE_CHOICES)
+        if not isinstance(self.train_vision, bool):
+            raise ValueError(f"train_vision must be true or false; got {self.train_vision!r}")
 
     @property
     def tiny_type(self) -> str | None:

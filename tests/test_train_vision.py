@@ -1,0 +1,46 @@
+"""model.train_vision: the vision encoder and projector train (in full), and nothing else new does."""
+
+import pytest
+
+from gasp_plugin.core.attach import attach_gasp
+from gasp_plugin.core.config import GaspConfig
+from gasp_plugin.models.registry import get_adapter
+from gasp_plugin.models.tiny import build_tiny_model
+from gasp_plugin.train.assemble import apply_lora
+from gasp_plugin.train.recipe import load_recipe
+
+
+def _trainable(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "llava"])
+@pytest.mark.parametrize("lora", [True, False])
+def test_train_vision(model_type, lora):
+    model, _ = build_tiny_model(model_type)
+    adapter = get_adapter(model)
+    vision = {n for n, _ in adapter.vision_parameters(model)}
+    handle = attach_gasp(model, GaspConfig(embed_dim=8))
+    recipe = load_recipe("tiny_cpu", [f"lora.enabled={str(lora).lower()}", "model.train_vision=true"])
+    wrapped = apply_lora(model, recipe, handle.heads, adapter)
+    trainable = _trainable(wrapped)
+    if lora:  # PEFT trains a full copy of each vision module (modules_to_save) beside the LoRA weights
+        assert any(".visual." in n or ".vision_tower." in n for n in trainable if "modules_to_save" in n)
+        assert all("lora_" in n or "modules_to_save" in n or "gasp_heads" in n for n in trainable)
+    else:
+        assert vision <= trainable
+        assert all(n in vision or "language_model" in n or "gasp_heads" in n for n in trainable)
+
+
+def test_vision_frozen_by_default():
+    model, _ = build_tiny_model("qwen2_vl")
+    adapter = get_adapter(model)
+    handle = attach_gasp(model, GaspConfig(embed_dim=8))
+    wrapped = apply_lora(model, load_recipe("tiny_cpu", ["lora.enabled=false", "model.train_vision=false"]),
+                         handle.heads, adapter)
+    assert not any(n in _trainable(wrapped) for n, _ in adapter.vision_parameters(wrapped))
+
+
+def test_train_vision_must_be_bool():
+    with pytest.raises(Exception, match="train_vision"):
+        load_recipe("tiny_cpu", ["model.train_vision=maybe"])
