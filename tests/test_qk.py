@@ -75,3 +75,49 @@ def test_qk_term_adds_weighted_infonce_on_descriptors():
     assert torch.allclose(with_qk.qk, expected_qk)
     assert torch.allclose(with_qk.total, without.total + 0.5 * expected_qk)
     assert without.qk is None and "gasp/qk" in with_qk.log_dict()
+
+
+def test_qk_term_follows_lora_wrappers_added_after_attach():
+    """PEFT replaces q_proj/k_proj after GASP is attached: the captured q/k must be the wrapped
+    modules' outputs (with the LoRA delta), so the qk term alone reaches the last layer's q/k LoRA."""
+    import numpy as np
+    from peft import LoraConfig, get_peft_model
+
+    from gasp_plugin.core.attach import attach_gasp
+    from gasp_plugin.models.registry import get_adapter
+    from gasp_plugin.models.tiny import build_tiny_model
+
+    model, processor = build_tiny_model("qwen2_vl", image_size=112)
+    cfg = GaspConfig(embed_dim=8, corr_weight=0.0, depth_weight=0.0, qk_weight=1.0)
+    handle = attach_gasp(model, cfg)
+    lora = LoraConfig(r=4, target_modules=r".*language_model\.layers\.\d+\.self_attn\.(q|k)_proj")
+    peft_model = get_peft_model(model, lora)
+    for n, p in peft_model.named_parameters():  # non-zero LoRA deltas
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    adapter = get_adapter(model)
+    rng = np.random.default_rng(0)
+    inputs = adapter.build_frame_inputs(processor, [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(3)])
+    pos = adapter.frame_token_positions(inputs)
+    n = pos.shape[-1]
+    targets = GaspTargets(
+        pos, torch.tensor([0]), torch.arange(4)[None], torch.arange(1, 3)[None],
+        torch.arange(4).repeat(1, 2, 1), torch.ones(1, 2, 4, dtype=torch.bool),
+        torch.ones(1, 2, 4), torch.ones(1, 2, n),
+    )
+    last = len(adapter.decoder_layers(model)) - 1
+    q_wrapped = adapter.attention_projections(adapter.decoder_layers(peft_model)[last][1])[0]
+    seen = {}
+    def keep(_module, _inputs, output):  # returns None: leaves the output alone
+        seen["q"] = output.detach()
+
+    hook = q_wrapped.register_forward_hook(keep)
+    peft_model(**inputs)
+    hook.remove()
+    captured = handle.capture.states["q"][last]
+    start, end = handle.capture.span
+    torch.testing.assert_close(captured.detach(), seen["q"][:, start:end])
+    handle.compute_loss(targets).total.backward()
+    grads = [p.grad for name, p in peft_model.named_parameters()
+             if f"layers.{last}.self_attn.q_proj.lora_B" in name]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)

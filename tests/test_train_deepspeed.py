@@ -42,7 +42,8 @@ def _overrides(root: Path, out: Path, steps: int, zero: int):
         "training.learning_rate=2e-3", "training.warmup_ratio=0.0", "training.lr_scheduler_type=constant",
         f"training.deepspeed=recipes/ds_zero{zero}.json",
         f"model.tiny.dir={root / 'model'}", "model.tiny.hidden_size=64", "model.tiny.num_layers=2",
-        "lora.r=8", "lora.alpha=16", "gasp.embed_dim=32",
+        "lora.enabled=true", "lora.r=8", "lora.alpha=16", "gasp.embed_dim=32",
+        "model.train_vision=false", "model.tiny.image_size=112", "data.geometry_ratio=0.5",
         f"data.geometry.synthetic.dir={root / 'scenes'}", "data.geometry.synthetic.count=1",
         "data.geometry.synthetic.config={height: 112, width: 112, num_frames: 12}",
         "data.geometry.min_frames=3", "data.geometry.max_frames=3",
@@ -113,6 +114,10 @@ def _reload_matches_reference(out: Path, root: Path):
     heads = load_file(out / "gasp_heads.safetensors")
     handle.heads.load_state_dict(heads)  # strict: same keys and shapes
     assert any(not torch.equal(fresh[k], heads[k]) for k in heads)  # trained, not the initialisation
+    from gasp_plugin.core.attach import load_heads
+
+    described = load_heads(out / "gasp_heads.safetensors")  # self-describing: no recipe needed
+    assert described.layers == handle.heads.layers and described.config.embed_dim == 32
 
 
 def _losses_fell(state):

@@ -31,7 +31,8 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("single")
     recipe = load_recipe("tiny_cpu", [
         f"training.output_dir={out}", "training.max_steps=4", "training.weight_decay=0.0",
-        "model.tiny.hidden_size=64", "model.tiny.num_layers=2", "lora.r=4", "gasp.embed_dim=16",
+        "model.tiny.hidden_size=64", "model.tiny.num_layers=2", "lora.enabled=true", "lora.r=4", "gasp.embed_dim=16",
+        "model.train_vision=false", "model.tiny.image_size=112",
         "data.geometry.synthetic.count=1", "data.geometry.synthetic.config={height: 112, width: 112, num_frames: 12}",
         "data.geometry.min_frames=3", "data.geometry.max_frames=3", "data.instruct.synthetic.count=4",
         "data.geometry_ratio=1.0",

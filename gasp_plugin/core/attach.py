@@ -32,7 +32,7 @@ from gasp_plugin.core.loss import GaspLoss, GaspLossOutput
 from gasp_plugin.core.qk import attention_heads, qk_descriptors
 from gasp_plugin.core.targets import GaspTargets
 
-__all__ = ["GaspHandle", "attach_gasp", "detach_gasp", "load_heads", "HEADS_ATTR"]
+__all__ = ["GaspHandle", "attach_gasp", "detach_gasp", "load_heads", "save_heads", "write_heads_file", "HEADS_ATTR"]
 
 _HANDLE_ATTR = "_gasp_handle"
 _FORMAT = "gasp-heads-v1"
@@ -186,18 +186,26 @@ def detach_gasp(model_or_handle: Any) -> nn.Module:
 
 def save_heads(heads: GaspHeads, path: str | Path) -> Path:
     """Write ``heads`` to ``path`` (safetensors; config, d_model and layers in the metadata)."""
+    with gathered_params(heads.parameters()):
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in heads.state_dict().items()}
+    return write_heads_file(tensors, heads, path)
+
+
+def write_heads_file(tensors: dict[str, torch.Tensor], heads: GaspHeads, path: str | Path) -> Path:
+    """Write an already gathered heads ``state_dict`` in the format :func:`load_heads` reads,
+    described by ``heads`` (its d_model, layers and config). Used by trainers whose state dict
+    was consolidated elsewhere (e.g. under ZeRO-3)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with gathered_params(heads.parameters()):
-        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in heads.state_dict().items()}
     meta = {
         "format": _FORMAT,
         "d_model": str(heads.d_model),
         "layers": json.dumps(heads.layers),
         "config": json.dumps(heads.config.to_dict()),
     }
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     save_file(tensors, str(path), metadata=meta)
     return path
 

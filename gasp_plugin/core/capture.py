@@ -52,6 +52,7 @@ class VisualCapture:
         self._decoder = decoder
         self._visual_ids = adapter.visual_token_ids()
         self._handles: list = []
+        self._proj_hooks: dict = {}  # (kind, layer) -> (projection module, hook handle)
         self._armed = False
         self.span: tuple[int, int] | None = None
         self.visual_mask: torch.Tensor | None = None
@@ -62,6 +63,7 @@ class VisualCapture:
     def _arm(self, _module, args, kwargs=None):
         ids = args[0] if args else (kwargs or {}).get("input")
         self.states = {k: {} for k in self.kinds}
+        self._bind_projections()
         self.span, self.visual_mask, self._armed = None, None, True
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
             return
@@ -99,17 +101,32 @@ class VisualCapture:
             module = self._decoder[layer][1]
             if "hidden" in self.kinds:
                 self._handles.append(module.register_forward_hook(self._store("hidden", layer)))
-            if "q" in self.kinds or "k" in self.kinds:
-                q, k = self.adapter.attention_projections(module)
-                for kind, proj in (("q", q), ("k", k)):
-                    if kind in self.kinds:
-                        self._handles.append(proj.register_forward_hook(self._store(kind, layer)))
+        self._bind_projections()
         return self
+
+    def _bind_projections(self) -> None:
+        """Hook the q/k projections that the layers use *now*. PEFT replaces ``q_proj`` by a LoRA
+        wrapper after GASP is attached; a hook left on the wrapped base layer would miss the LoRA
+        delta, so each forward re-binds to the current module when it has changed."""
+        for layer in self.layers if ("q" in self.kinds or "k" in self.kinds) else ():
+            q, k = self.adapter.attention_projections(self._decoder[layer][1])
+            for kind, proj in (("q", q), ("k", k)):
+                if kind not in self.kinds:
+                    continue
+                bound = self._proj_hooks.get((kind, layer))
+                if bound is not None and bound[0] is proj:
+                    continue
+                if bound is not None:
+                    bound[1].remove()
+                self._proj_hooks[(kind, layer)] = (proj, proj.register_forward_hook(self._store(kind, layer)))
 
     def stop(self) -> None:
         for h in self._handles:
             h.remove()
+        for _, h in self._proj_hooks.values():
+            h.remove()
         self._handles.clear()
+        self._proj_hooks.clear()
         self._armed = False
 
     def __enter__(self) -> "VisualCapture":

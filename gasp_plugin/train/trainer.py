@@ -212,7 +212,7 @@ class GaspTrainerMixin:
         return _module_prefix(self.model, self.gasp_handle.heads)
 
     def _save(self, output_dir=None, state_dict=None):
-        from safetensors.torch import save_file
+        from gasp_plugin.core.attach import write_heads_file
 
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if state_dict is None:
@@ -222,8 +222,7 @@ class GaspTrainerMixin:
         if self.args.should_save:
             if not heads:
                 raise RuntimeError("the state dict to save has no GASP head weights")
-            heads = {k: v.detach().to("cpu").contiguous() for k, v in heads.items()}
-            save_file(heads, os.path.join(output_dir, HEADS_FILE), metadata={"format": "pt"})
+            write_heads_file(heads, self.gasp_handle.heads, os.path.join(output_dir, HEADS_FILE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
