@@ -232,6 +232,13 @@ def build_run(recipe, *, deepspeed_json, progress, resolve_model_path, resolve_a
         processing_class=processor, gasp_handle=handle, head_lr_scale=t.head_lr_scale,
         trace_dir=str(output_dir / "trace") if t.trace_data else None,
     )
+    if progress:  # one short loss line per logging step instead of a dict of every term
+        from transformers.trainer_callback import ProgressCallback
+
+        from gasp_plugin.train.progress import LossReadout
+
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(LossReadout)
 
     def reference_batch():
         sample = instruct(0) if instruct is not None else geometry(0)

@@ -1,4 +1,4 @@
-"""model.train_vision: the vision encoder and projector train (in full), and nothing else new does."""
+"""Training options: model.train_vision (vision encoder and projector train in full), the loss read-out."""
 
 import pytest
 
@@ -44,3 +44,12 @@ def test_vision_frozen_by_default():
 def test_train_vision_must_be_bool():
     with pytest.raises(Exception, match="train_vision"):
         load_recipe("tiny_cpu", ["model.train_vision=maybe"])
+
+
+def test_loss_readout_line():
+    from gasp_plugin.train.progress import format_readout
+
+    line = format_readout(100, {"loss": 1.9612, "lm": 3.3, "corr": 1.225, "depth": 0.03706, "qk": 1.281,
+                                "corr/layer_0": 1.27, "learning_rate": 7.553e-4, "skipped_samples": 0.0})
+    assert line == "step 100  loss 1.961  lm 3.3  corr 1.225  depth 0.03706  qk 1.281  lr 0.0007553"
+    assert "skipped 2" in format_readout(5, {"loss": 1.0, "skipped_samples": 2.0})
