@@ -139,12 +139,11 @@ def load_records(paths: list[str | Path]) -> list[tuple[str, dict]]:
 
 
 def _load_image(path: Path) -> np.ndarray:
-    from PIL import Image
+    from gasp_plugin.data.readers.common import read_rgb
 
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError) as err:
+        return read_rgb(path)
+    except ValueError as err:
         raise BadSample(f"image {path} is missing or unreadable ({err})") from err
 
 
