@@ -45,6 +45,8 @@ class DemoConfig:
         real: also probe the bundled real RGB-D scene.
         corr_only: also train and probe the ablation without the depth term.
         overrides: extra recipe overrides (``key.path=value``), applied to every run.
+        overwrite: run even if ``out`` already holds a finished demo (its results are replaced;
+            generated scenes whose config matches are reused).
     """
 
     out: str = "outputs/demo"
@@ -57,6 +59,7 @@ class DemoConfig:
     real: bool = True
     corr_only: bool = False
     overrides: list[str] = field(default_factory=list)
+    overwrite: bool = False
 
     def __post_init__(self):
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
@@ -173,6 +176,11 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
+    if (out / "demo.json").exists() and not cfg.overwrite:
+        raise FileExistsError(
+            f"{out} already holds a finished demo ({out / 'demo.json'}); choose another --out, "
+            "or pass --overwrite to replace its results"
+        )
     out.mkdir(parents=True, exist_ok=True)
     recipe = _recipe(cfg, "train", [])
     heldout = _heldout_scenes(cfg, recipe)
@@ -222,6 +230,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-real", action="store_true", help="skip the bundled real scene")
     parser.add_argument("--corr-only", action="store_true",
                         help="also train and probe without the depth term (the paper's L_corr-only row)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of a demo already in --out")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="recipe overrides for every run")
 
 
@@ -229,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = DemoConfig(
         out=args.out, recipe=args.recipe, steps=args.steps, heldout_scenes=args.heldout_scenes,
         max_gap=args.max_gap, pairs_per_gap=args.pairs_per_gap, real=not args.no_real,
-        corr_only=args.corr_only, overrides=list(args.overrides),
+        corr_only=args.corr_only, overrides=list(args.overrides), overwrite=args.overwrite,
     )
     result = run_demo(cfg)
     print("\nGASP demo: held-out point matching inside the LLM, before and after training")

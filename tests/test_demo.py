@@ -60,6 +60,12 @@ def test_demo_json_schema(demo):
     assert "synthetic" in format_summary(on_disk["summary"])
 
 
+def test_demo_refuses_to_overwrite_a_finished_run(demo):
+    out, _ = demo
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run_demo(DemoConfig(out=str(out)))
+
+
 def test_demo_config_errors():
     with pytest.raises(ValueError, match="heldout_frames"):
         DemoConfig(heldout_frames=4, max_gap=8)
