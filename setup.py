@@ -26,8 +26,14 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["gasp_plugin", "gasp_plugin.*"]),
-    package_data={"gasp_plugin": ["assets/*/*", "assets/*/*/*"]},
+    # recipes/ ships inside the package as gasp_plugin.recipes, so `gasp train --recipe tiny_cpu`
+    # and `gasp demo` work from a wheel as from a checkout
+    packages=find_packages(include=["gasp_plugin", "gasp_plugin.*"]) + ["gasp_plugin.recipes"],
+    package_dir={"gasp_plugin.recipes": "recipes"},
+    package_data={
+        "gasp_plugin": ["assets/*/*", "assets/*/*/*"],
+        "gasp_plugin.recipes": ["*.yaml", "*.json", "*.sh"],
+    },
     include_package_data=True,
     install_requires=[
         "torch>=2.4",

@@ -282,7 +282,10 @@ def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
 
 
 def _repo_recipes_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "recipes"
+    """``recipes/`` of the source tree, else the copy installed as ``gasp_plugin.recipes``."""
+    package = Path(__file__).resolve().parents[1]
+    source = package.parent / "recipes"
+    return source if source.is_dir() else package / "recipes"
 
 
 def shipped_recipes() -> list[Path]:
