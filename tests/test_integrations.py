@@ -265,7 +265,8 @@ def test_patched_script_flow_trains_and_saves_a_plain_adapter(route, tiny, holol
         None if route == "qwen_vl_finetune" else "kept")
     assert isinstance(trainer._get_train_sampler(), torch.utils.data.SequentialSampler)
     groups = trainer.create_optimizer().param_groups
-    assert groups[0]["lr"] == pytest.approx(4 * 1e-2) and len(groups[0]["params"]) == len(heads_before)
+    assert groups[-1]["lr"] == pytest.approx(4 * 1e-2) and len(groups[-1]["params"]) == len(heads_before)
+    assert all(g["lr"] == pytest.approx(1e-2) for g in groups[:-1])
 
     trainer.train()
     counters = trainer.gasp_counters

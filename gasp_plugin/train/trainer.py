@@ -196,10 +196,11 @@ class GaspTrainerMixin:
         if not groups["heads"]:
             raise ValueError("no trainable GASP head parameters: were the heads frozen (e.g. by PEFT)?")
         lr, wd = self.args.learning_rate, self.args.weight_decay
+        # the model's groups first: the Trainer logs the first group's learning rate
         param_groups = [
-            {"params": groups["heads"], "lr": lr * self.head_lr_scale, "weight_decay": wd},
             {"params": groups["decay"], "weight_decay": wd},
             {"params": groups["no_decay"], "weight_decay": 0.0},
+            {"params": groups["heads"], "lr": lr * self.head_lr_scale, "weight_decay": wd},
         ]
         param_groups = [g for g in param_groups if g["params"]]
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
