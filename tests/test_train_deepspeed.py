@@ -142,7 +142,9 @@ def test_zero3_two_processes_via_deepspeed_launcher_then_resume(shared):
     env = _env()
     launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
                 "--master_port", env["MASTER_PORT"], "recipes/qwen2vl_gasp.sh", "--recipe", "recipes/tiny_cpu.yaml"]
-    _run(launcher + _overrides(shared, out, 8, 3), env)
+    proc = _run(launcher + _overrides(shared, out, 8, 3), env)
+    # the model loads partitioned, so the heads' SVD init gathers q_proj first (on both ranks)
+    assert (proc.stdout + proc.stderr).count("SVD init from 2 ZeRO-3 partitioned q_proj weights") >= 2
     state, first = _check_run(out, shared, 8)
     _losses_fell(state)
     _reload_matches_reference(out, shared)

@@ -13,12 +13,15 @@ Shape notation: ``d`` LLM hidden size, ``e`` embedding size, ``...`` any leading
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Iterable
 
 import torch
 from torch import nn
 
 from gasp_plugin.core.config import GaspConfig
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["CorrespondenceHead", "GaspHeads", "gathered_params", "svd_init_"]
 
@@ -101,6 +104,9 @@ class GaspHeads(nn.Module):
         if self.config.shared_head:
             middle = self.layers[len(self.layers) // 2]
             q_weights = {middle: q_weights[middle]}
+        partitioned = sum(hasattr(q, "ds_id") for q in q_weights.values())
+        if partitioned:
+            logger.info("GASP heads: SVD init from %d ZeRO-3 partitioned q_proj weights, gathered", partitioned)
         for layer, q in q_weights.items():
             head = self.head_for(layer)
             with gathered_params([q]), gathered_params(head.parameters(), modify=True):
