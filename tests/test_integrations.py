@@ -32,6 +32,9 @@ def test_arguments_parse_from_command_line():
     assert args.gasp_enabled and args.gasp_scene_paths() == ["/a", "/b"]
     cfg = args.gasp_config()
     assert cfg.layers == [1, 2] and cfg.embed_dim == 256 and cfg.corr_weight == 0.3 and cfg.depth_weight == 1.0
+    assert cfg.qk_weight == 0.0
+    (args,) = HfArgumentParser((GaspArguments,)).parse_args_into_dataclasses(["--gasp_qk_weight", "0.5"])
+    assert args.gasp_config().qk_weight == 0.5
     assert not GaspArguments().gasp_enabled and not GaspArguments(gasp_geometry_data="  ").gasp_enabled
 
 
@@ -47,7 +50,8 @@ def test_parse_layers_rejects(text):
 
 
 @pytest.mark.parametrize("field, value", [("gasp_ratio", 1.5), ("gasp_ratio", -0.1), ("gasp_tau", 0.0),
-                                          ("gasp_keep", 0.0), ("gasp_min_frames", 1), ("gasp_head_lr_scale", 0)])
+                                          ("gasp_keep", 0.0), ("gasp_min_frames", 1), ("gasp_head_lr_scale", 0),
+                                          ("gasp_qk_weight", -1.0)])
 def test_bad_arguments_name_the_flag(field, value):
     with pytest.raises(ValueError, match=f"--{field} must be .*got {value!r}"):
         GaspArguments(**{field: value})

@@ -69,6 +69,8 @@ class GaspArguments:
     gasp_tau: float = field(default=0.07, metadata=_help("InfoNCE / soft-argmax temperature."))
     gasp_corr_weight: float = field(default=0.3, metadata=_help("Weight of the correspondence term."))
     gasp_depth_weight: float = field(default=1.0, metadata=_help("Weight of the depth-consistency term."))
+    gasp_qk_weight: float = field(default=0.0, metadata=_help(
+        "Weight of the query/key alignment term (0 = the paper's two losses; see GaspConfig.qk_weight)."))
     gasp_head_lr_scale: float = field(default=4.0, metadata=_help("Heads train at learning_rate times this."))
     gasp_min_frames: int = field(default=8, metadata=_help("Fewest frames per geometry clip."))
     gasp_max_frames: int = field(default=24, metadata=_help("Most frames per geometry clip."))
@@ -94,6 +96,7 @@ class GaspArguments:
             ("gasp_tau", self.gasp_tau > 0, "a number > 0"),
             ("gasp_corr_weight", self.gasp_corr_weight >= 0, "a number >= 0"),
             ("gasp_depth_weight", self.gasp_depth_weight >= 0, "a number >= 0"),
+            ("gasp_qk_weight", self.gasp_qk_weight >= 0, "a number >= 0"),
             ("gasp_head_lr_scale", self.gasp_head_lr_scale > 0, "a number > 0"),
             ("gasp_min_frames", self.gasp_min_frames >= 2, "an int >= 2"),
             ("gasp_max_frames", self.gasp_max_frames >= self.gasp_min_frames, f"an int >= gasp_min_frames ({self.gasp_min_frames})"),
@@ -111,7 +114,8 @@ class GaspArguments:
         from gasp_plugin.core.config import GaspConfig
 
         return GaspConfig(layers=parse_layers(self.gasp_layers), embed_dim=self.gasp_embed_dim, tau=self.gasp_tau,
-                          corr_weight=self.gasp_corr_weight, depth_weight=self.gasp_depth_weight)
+                          corr_weight=self.gasp_corr_weight, depth_weight=self.gasp_depth_weight,
+                          qk_weight=self.gasp_qk_weight)
 
 
 def parse_layers(text: str) -> str | list[int]:
