@@ -185,28 +185,12 @@ def geometry_source(args: GaspArguments, processor, adapter, seed: int) -> Calla
     Unusable clips raise :class:`gasp_plugin.data.instruct.BadSample` (replaced and counted by
     :class:`gasp_plugin.train.interleave.InterleavedDataset`).
     """
-    from gasp_plugin.core.batch import TARGETS_KEY, build_geometry_example
-    from gasp_plugin.data import ClipSampler, ClipSamplingError
-    from gasp_plugin.data.instruct import BadSample
-    from gasp_plugin.train.assemble import open_scenes
+    from gasp_plugin.data import ClipSampler
+    from gasp_plugin.train.assemble import geometry_examples, open_scenes
 
     sampler = ClipSampler(open_scenes(args.gasp_scene_paths()), num_frames=(args.gasp_min_frames, args.gasp_max_frames),
                           window=args.gasp_window, grid=args.gasp_grid, keep=args.gasp_keep, seed=seed)
-
-    def source(index: int) -> dict:
-        try:
-            clip, tracks = sampler.sample(index)
-        except ClipSamplingError as err:
-            raise BadSample(str(err)) from err
-        try:
-            example = build_geometry_example(clip, tracks, processor, adapter)
-        except ValueError as err:
-            raise BadSample(f"clip {clip.scene!r} frames {clip.frame_ids}: {err}") from err
-        if example[TARGETS_KEY].num_visible == 0:
-            raise BadSample(f"clip {clip.scene!r} frames {clip.frame_ids}: no visible tracks")
-        return example
-
-    return source
+    return geometry_examples(sampler, processor, adapter)
 
 
 def _instruct_source(dataset) -> Callable[[int], Any]:

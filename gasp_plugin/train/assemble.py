@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["ensure_once", "build_run", "Run", "training_arguments", "apply_lora", "open_scenes"]
+__all__ = ["ensure_once", "build_run", "Run", "training_arguments", "apply_lora", "open_scenes", "geometry_examples"]
 
 logger = logging.getLogger("gasp_plugin.train")
 _READY = ".gasp_ready"
@@ -103,9 +103,7 @@ def open_scenes(paths: list[str]):
 
 
 def _geometry_source(recipe, processor, adapter, output_dir: Path, is_main: bool):
-    from gasp_plugin.core.batch import build_geometry_example
-    from gasp_plugin.data import ClipSampler, ClipSamplingError
-    from gasp_plugin.data.instruct import BadSample
+    from gasp_plugin.data import ClipSampler
 
     g = recipe.data.geometry
     paths = list(g.scenes)
@@ -120,15 +118,30 @@ def _geometry_source(recipe, processor, adapter, output_dir: Path, is_main: bool
         return None
     sampler = ClipSampler(open_scenes(paths), num_frames=(g.min_frames, g.max_frames), window=g.window,
                           grid=g.grid, keep=g.keep, seed=recipe.training.seed)
+    return geometry_examples(sampler, processor, adapter)
 
-    def source(index: int):
+
+def geometry_examples(sampler, processor, adapter) -> Callable[[int], dict]:
+    """``stream_index -> geometry example`` (model inputs + targets) from a ``ClipSampler``.
+
+    Unusable clips (no acceptable draw, a bad frame, no visible track) raise
+    :class:`gasp_plugin.data.instruct.BadSample`, which the interleaved dataset replaces and counts.
+    """
+    from gasp_plugin.core.batch import TARGETS_KEY, build_geometry_example
+    from gasp_plugin.data import ClipSamplingError
+    from gasp_plugin.data.instruct import BadSample
+
+    def source(index: int) -> dict:
         try:
             clip, tracks = sampler.sample(index)
         except ClipSamplingError as err:
             raise BadSample(str(err)) from err
-        example = build_geometry_example(clip, tracks, processor, adapter)
-        if example["gasp_targets"].num_visible == 0:
-            raise BadSample(f"clip {clip.scene} frames {clip.frame_ids}: no visible tracks")
+        try:
+            example = build_geometry_example(clip, tracks, processor, adapter)
+        except ValueError as err:
+            raise BadSample(f"clip {clip.scene!r} frames {clip.frame_ids}: {err}") from err
+        if example[TARGETS_KEY].num_visible == 0:
+            raise BadSample(f"clip {clip.scene!r} frames {clip.frame_ids}: no visible tracks")
         return example
 
     return source
