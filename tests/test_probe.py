@@ -1,7 +1,6 @@
 """The probe end to end on tiny random models: report schema, files, token bookkeeping, CLI."""
 
 import json
-import math
 
 import numpy as np
 import pytest
