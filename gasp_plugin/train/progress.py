@@ -37,4 +37,5 @@ class LossReadout(ProgressCallback):
             return  # the end-of-training summary: printed by the caller
         line = format_readout(state.global_step, logs)
         self.training_bar.write(line)
-        self.training_bar.set_postfix_str(line.split("  ", 1)[-1][:60], refresh=False)
+        terms = {k: v for k, v in logs.items() if k in ("loss", "corr", "qk")}
+        self.training_bar.set_postfix_str(format_readout(state.global_step, terms).split("  ", 1)[-1], refresh=False)
