@@ -111,10 +111,7 @@ def _load_from_recipe(spec: str) -> ProbeModel:
     if m.tiny_type:
         from gasp_plugin.models.tiny import build_tiny_model
 
-        t = m.tiny
-        model, processor = build_tiny_model(m.tiny_type, hidden_size=t.hidden_size, num_layers=t.num_layers,
-                                             num_heads=t.num_heads, vision_depth=t.vision_depth,
-                                             image_size=t.image_size, seed=t.seed)
+        model, processor = build_tiny_model(m.tiny_type, **m.tiny.sizes())
     else:
         pm = load_probe_model(m.path)
         model, processor = pm.model, pm.processor

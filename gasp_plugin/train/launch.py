@@ -135,9 +135,7 @@ def resolve_model_path(recipe, output_dir: Path, is_main: bool = True) -> Path:
 
     t = recipe.model.tiny
     target = Path(t.dir) if t.dir else output_dir / "tiny-model"
-    return ensure_once(target, is_main, lambda out: save_tiny_model(
-        tiny, out, hidden_size=t.hidden_size, num_layers=t.num_layers, num_heads=t.num_heads,
-        vision_depth=t.vision_depth, image_size=t.image_size, seed=t.seed))
+    return ensure_once(target, is_main, lambda out: save_tiny_model(tiny, out, **t.sizes()))
 
 
 # ---- the run -----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ Example::
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,10 @@ class TinyModelRecipe:
     def __post_init__(self):
         for name in ("hidden_size", "num_layers", "num_heads", "vision_depth", "image_size"):
             _at_least(name, getattr(self, name), 1)
+
+    def sizes(self) -> dict:
+        """Keyword arguments of ``gasp_plugin.models.tiny.save_tiny_model`` / ``build_tiny_model``."""
+        return {k: v for k, v in asdict(self).items() if k != "dir"}
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
