@@ -46,7 +46,10 @@ def test_overrides_are_parsed_as_yaml_and_applied():
                                  "model.tiny.hidden_size=64"])
     assert r.training.max_steps == 7 and r.data.geometry.scenes == ["a", "b"] and r.model.tiny.hidden_size == 64
     assert r.model.tiny_type == "qwen2_vl"
-    assert parse_overrides(["a.b=1e-4"]) == [("a.b", 1e-4)]
+    assert parse_overrides(["a.b=1e-4"]) == [("a.b", "1e-4")]  # converted by the field's type
+    typed = load_recipe("tiny_cpu", ["training.learning_rate=1e-4", "training.output_dir=1e3", "gasp.tau=5e-2"])
+    assert typed.training.learning_rate == 1e-4 and typed.training.output_dir == "1e3"
+    assert typed.gasp_config().tau == 0.05
     assert recipe_to_dict(r)["training"]["max_steps"] == 7
 
 

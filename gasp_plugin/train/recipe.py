@@ -266,7 +266,8 @@ class Recipe:
 
 
 def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
-    """``["a.b=1", "c=[x, y]"]`` -> ``[("a.b", 1), ("c", ["x", "y"])]``; values parsed as YAML."""
+    """``["a.b=1", "c=[x, y]"]`` -> ``[("a.b", 1), ("c", ["x", "y"])]``; values parsed as YAML
+    (a float field then also accepts YAML 1.1's string ``"1e-4"``: see ``schema._convert``)."""
     parsed = []
     for item in overrides or []:
         key, sep, raw = item.partition("=")
@@ -276,11 +277,6 @@ def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as err:
             raise RecipeError(f"override {item!r}: the value is not valid YAML ({err})") from err
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string; users mean a number
-            try:
-                value = float(value)
-            except ValueError:
-                pass
         parsed.append((key.strip(), value))
     return parsed
 
