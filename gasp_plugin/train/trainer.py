@@ -94,22 +94,23 @@ class GaspTrainerMixin:
             extra = gasp_out.total
         else:
             extra = self.gasp_handle.zero_loss()
-        loss = self._finite_loss(model, lm, extra)
-        self._record(lm, gasp_out, ok=loss is not None)
+        loss, lm_ok, gasp_ok = self._finite_loss(lm, extra)
+        self._record(lm if lm_ok else None, gasp_out if gasp_ok else None)
         if loss is None:
             loss = self._skip_loss(model)
         return (loss, outputs) if return_outputs else loss
 
-    def _finite_loss(self, model, lm, extra):
-        """``lm + extra`` if finite; ``lm + heads*0`` if only the GASP part is not; else None."""
+    def _finite_loss(self, lm, extra):
+        """``(loss, lm_ok, gasp_ok)``: ``lm + extra`` if finite (one host sync per step); else
+        ``lm + heads*0`` if only the GASP part is not; else ``(None, False, False)``."""
         lm_value = lm if lm is not None else torch.zeros((), device=extra.device)
         total = lm_value.float() + extra.float()
         if bool(torch.isfinite(total)):
-            return total
+            return total, lm is not None, True
         self.gasp_counters["skipped_nonfinite"] += 1
         if lm is not None and bool(torch.isfinite(lm)):
-            return lm.float() + self.gasp_handle.zero_loss().float()
-        return None
+            return lm.float() + self.gasp_handle.zero_loss().float(), True, False
+        return None, False, False
 
     def _skip_loss(self, model) -> torch.Tensor:
         params = [p for p in model.parameters() if p.requires_grad]
@@ -127,13 +128,12 @@ class GaspTrainerMixin:
                 for item in meta["gasp_trace"]:
                     f.write(json.dumps({"global_step": self.state.global_step, **item}) + "\n")
 
-    def _record(self, lm, gasp_out, ok: bool) -> None:
-        if not ok:
-            return
+    def _record(self, lm, gasp_out) -> None:
+        """Accumulate the finite parts of this step (``None`` = nothing to record) for logging."""
         values = {}
-        if lm is not None and bool(torch.isfinite(lm)):
+        if lm is not None:
             values["lm"] = lm.detach().float()
-        if gasp_out is not None and bool(torch.isfinite(gasp_out.total)):
+        if gasp_out is not None:
             values["corr"] = gasp_out.corr.detach().float()
             values["depth"] = gasp_out.depth.detach().float()
             if gasp_out.qk is not None:
