@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gasp_plugin.core.capture import VisualCapture, gather_span
+from gasp_plugin.core.capture import VisualCapture, span_index, take_rows
 from gasp_plugin.core.config import HEADS_ATTR, GaspConfig
 from gasp_plugin.core.head import GaspHeads, gathered_params
 from gasp_plugin.core.loss import GaspLoss, GaspLossOutput
@@ -99,18 +99,21 @@ class GaspHandle:
         frames = targets.target_frames.clamp(min=0)
         target_pos = torch.gather(tp, 1, frames[..., None].expand(-1, -1, tp.shape[-1]))  # [b, t, n]
         target_pos = torch.where((targets.target_frames >= 0)[..., None], target_pos, -1)
+        # every position is a visual token (checked above), so inside the captured span
+        anchor_rows, target_rows = span_index(anchor_pos, start), span_index(target_pos, start)
         embeddings = {}
         for layer in self.layers:
             emb = self._embed(states["hidden"][layer], layer)  # [b, S, e]
-            embeddings[layer] = (gather_span(emb, anchor_pos, start), gather_span(emb, target_pos, start))
+            embeddings[layer] = (take_rows(emb, *anchor_rows), take_rows(emb, *target_rows))
         qk = None
         if self.config.qk_weight > 0:
             heads, kv_heads = attention_heads(self.adapter.config)
-            qk = {}
-            for layer in self.layers:
-                q, k = qk_descriptors(states["q"][layer], states["k"][layer], heads, kv_heads)  # [b, S, c]
-                qk[layer] = (gather_span(q, anchor_pos, start), gather_span(k, target_pos, start))
-        return self.loss_fn(embeddings, targets.to(emb.device), qk=qk)
+            qk = {  # rows first: descriptors are per-row normalisations
+                layer: qk_descriptors(take_rows(states["q"][layer], *anchor_rows),
+                                      take_rows(states["k"][layer], *target_rows), heads, kv_heads)
+                for layer in self.layers
+            }
+        return self.loss_fn(embeddings, targets, qk=qk)
 
     def zero_loss(self) -> torch.Tensor:
         """A zero that touches every head (weight 0), for steps without geometry."""

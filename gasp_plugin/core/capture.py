@@ -161,16 +161,29 @@ class VisualCapture:
         return gather_span(x, positions, self.span[0])
 
 
+def span_index(positions: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rel [b, K], pad [b, *idx])``: absolute sequence ``positions [b, *idx]`` as rows of a span
+    starting at ``start`` (flattened per batch row, padding -1 clamped to row 0), and the padding."""
+    pad = positions < 0
+    return (positions - start).clamp(min=0).reshape(positions.shape[0], -1), pad
+
+
+def take_rows(x: torch.Tensor, rel: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    """Rows ``rel`` (from :func:`span_index`) of a span tensor ``x [b, S, c]`` -> ``[b, *idx, c]``,
+    zero at padding. No range check: see :func:`gather_span`."""
+    c = x.shape[-1]
+    out = torch.gather(x, 1, rel.to(x.device)[..., None].expand(-1, -1, c)).reshape(*pad.shape, c)
+    return out.masked_fill(pad.to(x.device)[..., None], 0.0)
+
+
 def gather_span(x: torch.Tensor, positions: torch.Tensor, start: int) -> torch.Tensor:
     """Rows of a span tensor ``x [b, S, c]`` at absolute sequence ``positions [b, *idx]``.
 
-    Padding positions (-1) give zero rows. Returns ``[b, *idx, c]``.
+    Padding positions (-1) give zero rows. Returns ``[b, *idx, c]``. Positions outside the span
+    raise (one host sync); callers that know them to be visual tokens use :func:`take_rows`.
     """
-    b, span, c = x.shape
+    span = x.shape[1]
     rel = positions.to(x.device) - start
-    pad = positions < 0
-    if bool(((rel < 0) | (rel >= span))[~pad.to(x.device)].any()):
+    if bool(((rel < 0) | (rel >= span))[positions.to(x.device) >= 0].any()):
         raise ValueError(f"positions fall outside the captured visual span [{start}, {start + span})")
-    flat = rel.clamp(0, span - 1).reshape(b, -1)
-    out = torch.gather(x, 1, flat[..., None].expand(-1, -1, c)).reshape(*positions.shape, c)
-    return out.masked_fill(pad.to(x.device)[..., None], 0.0)
+    return take_rows(x, *span_index(positions.to(x.device), start))

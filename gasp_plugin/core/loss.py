@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from gasp_plugin.core.config import GaspConfig
 from gasp_plugin.core.targets import GaspTargets
 
-__all__ = ["GaspLoss", "GaspLossOutput", "layer_losses"]
+__all__ = ["GaspLoss", "GaspLossOutput", "PairMasks", "layer_losses"]
 
 _MASKED = -1e9  # logit of padding tokens (finite: a fully padded frame must not give NaN)
 
@@ -90,8 +90,42 @@ def _connected_zero(*tensors: torch.Tensor) -> torch.Tensor:
     return sum(t.float().sum() * 0.0 for t in tensors)
 
 
+@dataclass(frozen=True)
+class PairMasks:
+    """What the loss needs from the targets, computed once per batch (not per layer).
+
+    Attributes:
+        token_mask: ``[b, t, n]`` real tokens of each target frame.
+        valid: ``[b, t, p]`` pairs the correspondence term uses; ``num_pairs`` of them.
+        has_depth: ``[b, t, n]`` tokens with a valid depth (the soft-argmax candidates).
+        depth_valid: ``[b, t, p]`` pairs the depth term uses; ``num_depth_pairs`` of them.
+    """
+
+    token_mask: torch.Tensor
+    valid: torch.Tensor
+    has_depth: torch.Tensor
+    depth_valid: torch.Tensor
+    num_pairs: int
+    num_depth_pairs: int
+
+    @classmethod
+    def of(cls, targets: GaspTargets) -> "PairMasks":
+        valid = targets.valid_pairs()
+        has_depth = targets.token_depth > 0
+        depth_valid = valid & (targets.point_depth > 0) & has_depth.any(-1)[:, :, None]
+        counts = torch.stack([valid.sum(), depth_valid.sum()]).tolist()  # one host sync
+        return cls(targets.target_token_mask(), valid, has_depth, depth_valid, int(counts[0]), int(counts[1]))
+
+
 def layer_losses(
-    anchor: torch.Tensor, target: torch.Tensor, targets: GaspTargets, *, tau: float, eps: float
+    anchor: torch.Tensor,
+    target: torch.Tensor,
+    targets: GaspTargets,
+    *,
+    tau: float,
+    eps: float,
+    masks: PairMasks | None = None,
+    with_depth: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """Correspondence and depth terms of one layer.
 
@@ -99,6 +133,9 @@ def layer_losses(
         anchor: ``[b, p, e]`` embeddings of the anchor points' tokens.
         target: ``[b, t, n, e]`` embeddings of the target frames' tokens.
         targets: the batch's :class:`GaspTargets`.
+        masks: ``PairMasks.of(targets)``, computed here when not given (pass it to share it
+            across layers).
+        with_depth: compute the depth term (else it is a connected zero).
 
     Returns:
         ``(corr, depth, num_pairs, num_depth_pairs)``; terms are fp32 scalars.
@@ -111,34 +148,30 @@ def layer_losses(
         )
     if p != targets.anchor_tokens.shape[1]:
         raise ValueError(f"anchor embeddings have {p} points, targets have {targets.anchor_tokens.shape[1]}")
+    m = masks if masks is not None else PairMasks.of(targets)
     a = F.normalize(anchor.float(), dim=-1)
     z = F.normalize(target.float(), dim=-1)
     logits = torch.einsum("bpe,btne->btpn", a, z) / tau
-    logits = logits.masked_fill(~targets.target_token_mask()[:, :, None, :], _MASKED)
-    valid = targets.valid_pairs()
+    logits = logits.masked_fill(~m.token_mask[:, :, None, :], _MASKED)
     zero = _connected_zero(anchor, target)
 
-    n_pairs = int(valid.sum())
-    if n_pairs:
+    if m.num_pairs:
         logp = torch.log_softmax(logits, dim=-1)
         nll = -logp.gather(-1, targets.pos_tokens.clamp(min=0)[..., None]).squeeze(-1)  # [b, t, p]
-        corr = torch.where(valid, nll, torch.zeros_like(nll)).sum() / n_pairs + zero
+        corr = torch.where(m.valid, nll, torch.zeros_like(nll)).sum() / m.num_pairs + zero
     else:
         corr = zero
 
-    has_depth = targets.token_depth > 0  # [b, t, n]
-    depth_valid = valid & (targets.point_depth > 0) & has_depth.any(-1)[:, :, None]
-    n_depth = int(depth_valid.sum())
-    if n_depth:
-        depth_logits = logits.masked_fill(~has_depth[:, :, None, :], _MASKED)
+    if with_depth and m.num_depth_pairs:
+        depth_logits = logits.masked_fill(~m.has_depth[:, :, None, :], _MASKED)
         attn = torch.softmax(depth_logits, dim=-1)  # [b, t, p, n]
         d_hat = torch.einsum("btpn,btn->btp", attn, targets.token_depth.float())
         d = targets.point_depth.float()
         rel = (d - d_hat).abs() / (d + d_hat + eps)
-        depth = torch.where(depth_valid, rel, torch.zeros_like(rel)).sum() / n_depth + zero
+        depth = torch.where(m.depth_valid, rel, torch.zeros_like(rel)).sum() / m.num_depth_pairs + zero
     else:
         depth = zero
-    return corr, depth, n_pairs, n_depth
+    return corr, depth, m.num_pairs, m.num_depth_pairs
 
 
 class GaspLoss:
@@ -166,10 +199,10 @@ class GaspLoss:
         if not embeddings:
             raise ValueError("GaspLoss needs embeddings of at least one layer")
         cfg = self.config
+        masks = PairMasks.of(targets)
         per_layer = {}
-        n_pairs = n_depth = 0
         for layer, (anchor, target) in embeddings.items():
-            corr, depth, n_pairs, n_depth = layer_losses(anchor, target, targets, tau=cfg.tau, eps=cfg.depth_eps)
+            corr, depth, _, _ = layer_losses(anchor, target, targets, tau=cfg.tau, eps=cfg.depth_eps, masks=masks)
             per_layer[layer] = {"corr": corr, "depth": depth}
         corr = torch.stack([v["corr"] for v in per_layer.values()]).mean()
         depth = torch.stack([v["depth"] for v in per_layer.values()]).mean()
@@ -178,8 +211,8 @@ class GaspLoss:
         if qk:
             for layer, (queries, keys) in qk.items():
                 per_layer.setdefault(layer, {})["qk"] = layer_losses(
-                    queries, keys, targets, tau=cfg.tau, eps=cfg.depth_eps
+                    queries, keys, targets, tau=cfg.tau, eps=cfg.depth_eps, masks=masks, with_depth=False
                 )[0]
             qk_term = torch.stack([per_layer[l]["qk"] for l in qk]).mean()
             total = total + cfg.qk_weight * qk_term
-        return GaspLossOutput(total, corr, depth, per_layer, n_pairs, n_depth, qk_term)
+        return GaspLossOutput(total, corr, depth, per_layer, masks.num_pairs, masks.num_depth_pairs, qk_term)
