@@ -27,7 +27,6 @@ __all__ = ["DemoConfig", "run_demo", "add_arguments", "run", "DEMO_RECIPE", "for
 
 DEMO_RECIPE = "tiny_cpu"
 HELDOUT_SEED_OFFSET = 1000  # held-out scenes: training seed + this (never the training seeds)
-REAL_SCENE = "hololens-000"
 
 
 @dataclass
@@ -102,17 +101,15 @@ def _heldout_scenes(cfg: DemoConfig, recipe) -> Path:
     return folder
 
 
-def _probe(model_spec, sets: dict[str, list], cfg: DemoConfig, condition: str) -> dict:
-    """Probe one model on every held-out set; returns ``{set: ProbeReport}``."""
+def _probe(model_spec, sets: dict[str, tuple[list, object]], cfg: DemoConfig, condition: str) -> dict:
+    """Probe one model on every held-out set ``{name: (scenes, PairSet)}``; ``{set: ProbeReport}``."""
     from gasp_plugin.probe.loading import load_probe_heads, load_probe_model
-    from gasp_plugin.probe.pairs import select_pairs
     from gasp_plugin.probe.runner import run_probe
 
     pm = load_probe_model(model_spec)
     heads = load_probe_heads(pm.model, pm.heads_path, pm.gasp_config) if pm.heads_path else None
     reports = {}
-    for set_name, scenes in sets.items():
-        pairs = select_pairs(scenes, max_gap=cfg.max_gap, pairs_per_gap=cfg.pairs_per_gap)
+    for set_name, (scenes, pairs) in sets.items():
         print(f"probe [{condition} / {set_name}]: {len(pairs.pairs)} pairs, gaps 1..{pairs.max_gap}")
         reports[set_name] = run_probe(
             pm.model, pm.processor, scenes, heads=heads, pairs=pairs,
@@ -150,11 +147,13 @@ def _cell(key: str, value) -> str:
 
 def format_summary(summary: dict) -> str:
     """The before/after table: one row per (held-out set, descriptor, condition)."""
+    from gasp_plugin.probe.report import DESCRIPTORS
+
     head = f"{'set':<10} {'desc':<7} {'condition':<10}" + "".join(f"{t:>9}" for _, t in _COLUMNS)
     lines = [head, "-" * len(head)]
     sets = sorted({s for cond in summary.values() for s in cond}, key=lambda s: (s != "synthetic", s))
     for s in sets:
-        for d in ("qk", "hidden", "head"):
+        for d in DESCRIPTORS:
             for cond, by_set in summary.items():
                 row = by_set.get(s, {}).get(d)
                 if row is not None:
@@ -168,9 +167,10 @@ def format_summary(summary: dict) -> str:
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the demo (see the module docstring); returns what ``demo.json`` holds."""
-    from gasp_plugin.assets import asset_path
+    from gasp_plugin.assets import HOLOLENS_SAMPLE, asset_path
     from gasp_plugin.data.scene import open_scene
     from gasp_plugin.probe.loading import open_scenes
+    from gasp_plugin.probe.pairs import select_pairs
     from gasp_plugin.probe.plots import plot_conditions
     from gasp_plugin.train.launch import resolve_model_path
 
@@ -184,9 +184,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     recipe = _recipe(cfg, "train", [])
     heldout = _heldout_scenes(cfg, recipe)
-    sets = {"synthetic": open_scenes([heldout])}
+    scene_sets = {"synthetic": open_scenes([heldout])}
     if cfg.real:
-        sets["real"] = [open_scene(asset_path(REAL_SCENE))]
+        scene_sets["real"] = [open_scene(asset_path(HOLOLENS_SAMPLE))]
+    # the same pairs for every condition: selected (and tracked) once
+    sets = {name: (scenes, select_pairs(scenes, max_gap=cfg.max_gap, pairs_per_gap=cfg.pairs_per_gap))
+            for name, scenes in scene_sets.items()}
 
     base = resolve_model_path(recipe, Path(recipe.training.output_dir), True)
     reports = {"untrained": _probe(base, sets, cfg, "untrained")}
@@ -205,7 +208,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "summary": summary,
         "config": asdict(cfg),
         "recipe": recipe.source,
-        "heldout": {s: sorted(r.to_dict()["scenes"]) for s, r in reports["untrained"].items()},
+        "heldout": {s: sorted({p.scene for p in pairs.pairs}) for s, (_, pairs) in sets.items()},
         "training": {c: {k: v for k, v in r.items() if k != "loss_history"} for c, r in runs.items()},
         "loss_history": {c: r["loss_history"] for c, r in runs.items()},
         "figures": figures,

@@ -2,6 +2,7 @@
 demo.json has the documented schema."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -55,7 +56,7 @@ def test_demo_json_schema(demo):
     train_scenes = {p.name for p in (out / "train" / "data" / "scenes").iterdir() if p.is_dir()}
     assert not train_scenes & set(on_disk["heldout"]["synthetic"])
     for fig in on_disk["figures"]:
-        assert fig.endswith(".png")
+        assert fig.endswith(".png") and Path(fig).is_file()
     assert (out / "probe" / "trained" / "synthetic" / "probe.json").is_file()
     assert "synthetic" in format_summary(on_disk["summary"])
 

@@ -210,10 +210,10 @@ def test_probe_cli_on_a_saved_checkpoint_and_a_peft_adapter(tmp_path, capsys):
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == str(ckpt)
     rc = main(["probe", "--model", str(adapter_dir), "--scenes", scene_dir, "--max-gap", "1",
-               "--pairs-per-gap", "1", "--out", str(tmp_path / "probe2"), "--no-progress", "--distance", "euclidean"])
+               "--pairs-per-gap", "1", "--out", str(tmp_path / "probe2"), "--no-progress", "--distance", "chebyshev"])
     assert rc == 0
     data2 = json.loads((tmp_path / "probe2" / "probe.json").read_text())
-    assert data2["distance"] == "euclidean distance in token cells"
+    assert data2["distance"] == "chebyshev distance in token cells"  # the flag, not the default
 
 
 def test_probe_cli_errors(tmp_path):

@@ -3,7 +3,7 @@
 Example::
 
     gasp probe --model tiny:qwen2_vl --scenes gasp_plugin/assets/hololens-000 --out outputs/probe
-    gasp probe --model outputs/tiny_cpu/final --heads outputs/tiny_cpu/final/gasp_heads.safetensors \\
+    gasp probe --model outputs/tiny_cpu --heads outputs/tiny_cpu/gasp_heads.safetensors \\
         --scenes held_out_scenes/ --max-gap 24
 
 Prints a per-layer table (PCK@0/1/2 per descriptor, chance beside each) and the peak-layer

@@ -8,11 +8,11 @@ Conventions used by every function here:
 
 - Similarity is cosine (descriptors are L2-normalised, then dotted).
 - The predicted match of a query is the argmax of its similarities over the target tokens.
-- Distances are in *token cells*, by default the Chebyshev distance ``max(|dr|, |dc|)`` between
-  the predicted and the true cell, so PCK@delta counts a match correct when it lies in the
-  ``(2 delta + 1)^2`` block of cells centred on the truth (clipped to the grid). ``"euclidean"``
-  (``sqrt(dr^2 + dc^2)``, a disc of cells) is registered too; other metrics can be registered
-  with :func:`register_cell_distance`. Chance levels are always computed for the metric in use.
+- Distances are in *token cells*, by default the Euclidean distance ``sqrt(dr^2 + dc^2)`` between
+  the predicted and the true cell, so PCK@delta counts a match correct when it lies in the disc
+  of radius delta cells centred on the truth. ``"chebyshev"`` (``max(|dr|, |dc|)``, the
+  ``(2 delta + 1)^2`` block of cells) is registered too; other metrics can be registered with
+  :func:`register_cell_distance`. Chance levels are always computed for the metric in use.
 - Confidence is the maximum of ``softmax(cos / temperature)`` over the target tokens, with
   ``temperature = 0.07`` by default (the temperature of the GASP correspondence loss).
 """

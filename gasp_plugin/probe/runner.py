@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gasp_plugin.core.qk import qk_descriptors
+from gasp_plugin.core.qk import attention_heads, qk_descriptors
 from gasp_plugin.probe.metrics import CELL_DISTANCES, DEFAULT_DISTANCE, DEFAULT_TEMPERATURE, MatchStats, match
 from gasp_plugin.probe.pairs import MAX_GAP_LIMIT, PairSet, select_pairs
 from gasp_plugin.probe.report import PairMatches, ProbeReport
@@ -70,13 +70,6 @@ def _resolve_layers(layers, n_layers: int) -> list[int]:
     if bad:
         raise ValueError(f"layers {bad} out of range for a model with {n_layers} decoder layers")
     return sorted({int(l) % n_layers for l in layers})
-
-
-def _heads_of(model) -> tuple[int, int]:
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    hq = int(cfg.num_attention_heads)
-    hkv = int(getattr(cfg, "num_key_value_heads", None) or hq)
-    return hq, hkv
 
 
 @dataclass
@@ -129,9 +122,7 @@ class _PairProbe:
         ``pos_b`` ``[b, n]`` sequence positions of the two frames' visual tokens in each row."""
         hid_a, hid_b = cap.gather("hidden", layer, pos_a), cap.gather("hidden", layer, pos_b)
         q, k = cap.gather("q", layer, pos_a), cap.gather("k", layer, pos_b)
-        qk = [qk_descriptors(q[r], k[r], self.hq, self.hkv) for r in range(q.shape[0])]
-        out = {"qk": (torch.stack([a for a, _ in qk]), torch.stack([b for _, b in qk])),
-               "hidden": (hid_a, hid_b)}
+        out = {"qk": qk_descriptors(q, k, self.hq, self.hkv), "hidden": (hid_a, hid_b)}
         if self.heads is not None and layer in self.heads.layers:
             out["head"] = (_head_embed(self.heads, layer, hid_a), _head_embed(self.heads, layer, hid_b))
         return out
@@ -249,7 +240,7 @@ def run_probe(
         raise ValueError(f"heads expect hidden size {heads.d_model}, the model has {hidden_size}")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-    probe = _PairProbe(adapter, processor, *_heads_of(model), heads, temperature)
+    probe = _PairProbe(adapter, processor, *attention_heads(model.config), heads, temperature)
     if distance not in CELL_DISTANCES:
         raise ValueError(f"unknown distance {distance!r}; known: {sorted(CELL_DISTANCES)}")
     rec = _Recorder(tuple(deltas), distance)
