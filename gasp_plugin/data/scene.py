@@ -14,7 +14,7 @@ in ``scene.skipped`` (frame -> reason) and left out of ``scene.valid_frames``; r
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
 
@@ -99,7 +99,6 @@ class Clip:
     frame_ids: list[int]
     anchor: int = 0
     scene: str = ""
-    meta: dict = field(default_factory=dict)
 
 
 # layout name -> "module:Class". A reader class provides ``detect(path) -> bool`` (a classmethod

@@ -69,7 +69,7 @@ def check_pose(T: torch.Tensor, name: str = "pose", atol: float = 1e-3) -> None:
     with determinant +1. The message names the first offending index.
     """
     check_shape(T, (4, 4), name)
-    bad = _bad_pose_mask(T, atol)
+    bad = bad_pose_mask(T, atol)
     if bad.any():
         idx = tuple(int(i) for i in torch.nonzero(bad)[0]) if bad.dim() else ()
         where = f"{name}{list(idx)}" if idx else name
@@ -95,7 +95,7 @@ def pose_problem(T: torch.Tensor, atol: float = 1e-3) -> str | None:
     return None
 
 
-def _bad_pose_mask(T: torch.Tensor, atol: float) -> torch.Tensor:
+def bad_pose_mask(T: torch.Tensor, atol: float = 1e-3) -> torch.Tensor:
     """``[*]`` bool: which poses of ``T [*, 4, 4]`` are not finite rigid transforms."""
     finite = torch.isfinite(T).all(dim=(-1, -2))
     Td = torch.where(torch.isfinite(T), T, torch.zeros_like(T)).double()

@@ -42,22 +42,15 @@ def parse_frames(text: str) -> list[int]:
 
 def compute(args):
     """Open the scene and compute ``(scene, tracks, frames)`` for parsed ``args``."""
-    import torch
-
     from gasp_plugin.data import load_clip, open_scene
-    from gasp_plugin.geometry.tracks import compute_tracks
+    from gasp_plugin.geometry.tracks import tracks_for_clip
 
     frames = parse_frames(args.frames)
     scene = open_scene(args.scene, layout=args.layout)
-    for i in [args.anchor, *frames]:
-        scene.check_frame(i)
     ids = frames if args.anchor in frames else [args.anchor, *frames]
-    clip = load_clip(scene, ids, anchor_row=ids.index(args.anchor))
-    tracks = compute_tracks(torch.from_numpy(clip.depth), torch.from_numpy(clip.intrinsics),
-                            torch.from_numpy(clip.poses), clip.anchor, grid=args.grid,
-                            margin=args.margin, depth_tolerance=args.depth_tolerance)
-    if tracks.num_points and args.keep < 1.0:
-        tracks = tracks.keep_best(args.keep)
+    clip = load_clip(scene, ids, anchor_row=ids.index(args.anchor))  # checks every frame id
+    tracks = tracks_for_clip(clip, grid=args.grid, keep=args.keep, margin=args.margin,
+                             depth_tolerance=args.depth_tolerance)
     rows = [ids.index(f) for f in frames]
     return scene, clip, tracks.select_frames(rows), frames
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from gasp_plugin.data.scene import Scene
-from gasp_plugin.geometry.camera import pose_problem
+from gasp_plugin.geometry.camera import bad_pose_mask, pose_problem
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -155,17 +155,19 @@ class FileScene(Scene):
         self._scale, self._invalid = float(depth_scale), tuple(depth_invalid)
         self._K_depth = None if depth_intrinsics is None else np.asarray(depth_intrinsics, np.float64)
         self._index_cache: dict = {}
+        self._sizes: dict[int, tuple[int, int]] = {}
+        bad_pose = bad_pose_mask(torch.from_numpy(self._poses)).tolist() if n else []  # all frames at once
         for i in range(n):
-            reason = self._frame_problem(i)
+            reason = self._frame_problem(i, bad_pose[i])
             if reason:
                 self.skipped[i] = reason
 
-    def _frame_problem(self, i: int) -> str | None:
+    def _frame_problem(self, i: int, bad_pose: bool) -> str | None:
         if self._images[i] is None or not Path(self._images[i]).is_file():
             return f"missing colour file {self._images[i]}"
         if self._depths[i] is None or not Path(self._depths[i]).is_file():
             return f"missing depth file {self._depths[i]}"
-        problem = pose_problem(torch.from_numpy(self._poses[i]))
+        problem = pose_problem(torch.from_numpy(self._poses[i])) if bad_pose else None
         return f"pose {problem}" if problem else None
 
     def __len__(self) -> int:
@@ -197,14 +199,16 @@ class FileScene(Scene):
         return resample_depth_nearest(d, None, None, size, index=self._index_cache[key])
 
     def image_size(self, i: int) -> tuple[int, int]:
-        """``(w, h)`` of frame ``i``'s colour image (read from the file header only)."""
+        """``(w, h)`` of frame ``i``'s colour image (read from the file header once)."""
         from PIL import Image
 
-        try:
-            with Image.open(self._images[i]) as im:
-                return im.size
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot read image {self._images[i]}: {exc}") from exc
+        if i not in self._sizes:
+            try:
+                with Image.open(self._images[i]) as im:
+                    self._sizes[i] = im.size
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"cannot read image {self._images[i]}: {exc}") from exc
+        return self._sizes[i]
 
     def intrinsics(self, i: int) -> np.ndarray:
         return self._K[self.check_frame(i)].copy()

@@ -37,4 +37,3 @@ class HololensScene(FileScene):
         depths = [path / "depth" / f"{p.stem}.png" for p in images]
         super().__init__(path.name, images, depths, read_matrix(path / "K.txt", (3, 3)), poses,
                          depth_scale=depth_scale)
-        self.root = path

@@ -59,4 +59,3 @@ class ScanNetScene(FileScene):
                          depth_scale=depth_scale, depth_intrinsics=K_depth)
         for i in missing:
             self.skipped[i] = f"missing pose file {path / 'pose' / (colors[i].stem + '.txt')}"
-        self.root = path

@@ -54,4 +54,3 @@ class SevenScenesScene(FileScene):
                          depth_scale=depth_scale, depth_invalid=(0, 65535))
         for i in missing:
             self.skipped[i] = f"missing pose file {path / (stems[i] + '.pose.txt')}"
-        self.root = path

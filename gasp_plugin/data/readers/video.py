@@ -62,7 +62,6 @@ class VideoScene(FileScene):
         K = read_matrix(path / "K.txt", (3, 3))
         self._size = tuple(int(s) for s in self._decoder()[0].shape[1::-1])  # (w, h)
         super().__init__(path.name, [self.video_path] * n, depths, K, poses, depth_scale=depth_scale)
-        self.root = path
 
     def _decoder(self):
         if self._reader is None:
