@@ -4,7 +4,7 @@
 """
 
 from gasp_plugin.data.clips import ClipSampler, ClipSamplingError, load_clip
-from gasp_plugin.data.scene import Clip, Scene, known_layouts, open_scene, register_reader
+from gasp_plugin.data.scene import Clip, Scene, known_layouts, open_scene, open_scenes, register_reader
 
 __all__ = ["Clip", "ClipSampler", "ClipSamplingError", "Scene", "known_layouts", "load_clip",
-           "open_scene", "register_reader"]
+           "open_scene", "open_scenes", "register_reader"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Scene", "Clip", "open_scene", "register_reader", "known_layouts", "READERS"]
+__all__ = ["Scene", "Clip", "open_scene", "open_scenes", "register_reader", "known_layouts", "READERS"]
 
 
 class Scene(ABC):
@@ -151,3 +151,37 @@ def open_scene(path: str | Path, layout: str | None = None, **kwargs) -> Scene:
     if len(matches) > 1:
         raise ValueError(f"{path}: matches several layouts {matches}; pass layout=... to choose")
     return _reader_class(matches[0])(path, **kwargs)
+
+
+def _try_open(path: Path) -> tuple[Scene | None, Exception | None]:
+    try:
+        return open_scene(path), None
+    except (ValueError, FileNotFoundError) as err:
+        return None, err
+
+
+def open_scenes(paths, what: str = "scenes") -> list[Scene]:
+    """Scenes from folders: a folder a reader recognises is one scene; otherwise each of its
+    immediate sub-folders that a reader recognises is (sorted by name; unreadable ones are skipped
+    with a warning). ``what`` names the option in error messages (e.g. ``"--scenes"``)."""
+    import logging
+
+    scenes = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"{what}: {p} does not exist")
+        scene, err = _try_open(p)
+        if scene is not None:
+            scenes.append(scene)
+            continue
+        subs = sorted(q for q in p.iterdir() if q.is_dir()) if p.is_dir() else []
+        opened = [(q, *_try_open(q)) for q in subs]
+        inner = [sc for _, sc, _ in opened if sc is not None]
+        if not inner:
+            raise ValueError(f"{what}: {p} is neither a scene nor a folder of scenes ({err})")
+        for q, sc, sub_err in opened:
+            if sc is None:
+                logging.getLogger(__name__).warning(
+                    "%s: skipping %s, not a readable scene (%s)", what, q, str(sub_err).splitlines()[0])
+        scenes.extend(inner)
+    return scenes

@@ -181,33 +181,8 @@ def load_probe_heads(model, path: str | Path, gasp_config=None):
     return heads.to(param.device).eval()
 
 
-def _try_open(path: Path):
-    from gasp_plugin.data.scene import open_scene
-
-    try:
-        return open_scene(path), None
-    except (ValueError, FileNotFoundError) as err:
-        return None, err
-
-
 def open_scenes(paths) -> list:
-    """Scenes for ``--scenes``: a path a scene reader recognises is one scene; otherwise each of
-    its immediate sub-folders that a reader recognises is (sorted by name)."""
-    scenes = []
-    for p in map(Path, paths):
-        if not p.exists():
-            raise FileNotFoundError(f"--scenes: {p} does not exist")
-        scene, err = _try_open(p)
-        if scene is not None:
-            scenes.append(scene)
-            continue
-        subs = sorted(q for q in p.iterdir() if q.is_dir()) if p.is_dir() else []
-        opened = [(q, *_try_open(q)) for q in subs]
-        inner = [sc for _, sc, _ in opened if sc is not None]
-        if not inner:
-            raise ValueError(f"--scenes: {p} is neither a scene nor a folder of scenes ({err})")
-        for q, sc, sub_err in opened:
-            if sc is None:
-                _log.warning("--scenes: skipping %s, not a readable scene (%s)", q, str(sub_err).splitlines()[0])
-        scenes.extend(inner)
-    return scenes
+    """Scenes for ``--scenes`` (see :func:`gasp_plugin.data.scene.open_scenes`)."""
+    from gasp_plugin.data.scene import open_scenes as _open
+
+    return _open(paths, what="--scenes")

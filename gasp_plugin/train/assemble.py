@@ -87,19 +87,10 @@ def apply_lora(model, recipe, heads, adapter):
 
 
 def open_scenes(paths: list[str]):
-    """Scenes from folders; a folder that is not a scene itself is read as a folder of scenes."""
-    from gasp_plugin.data import open_scene
+    """Scenes of ``data.geometry`` (see :func:`gasp_plugin.data.scene.open_scenes`)."""
+    from gasp_plugin.data.scene import open_scenes as _open
 
-    scenes = []
-    for path in map(Path, paths):
-        try:
-            scenes.append(open_scene(path))
-        except ValueError:
-            subs = sorted(d for d in path.iterdir() if d.is_dir()) if path.is_dir() else []
-            if not subs:
-                raise
-            scenes.extend(open_scene(d) for d in subs)
-    return scenes
+    return _open(paths, what="data.geometry.scenes")
 
 
 def _geometry_source(recipe, processor, adapter, output_dir: Path, is_main: bool):
