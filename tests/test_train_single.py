@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gasp_plugin.train.launch import _resolve_dtype, resolve_model_path, resolve_attention, train
+from gasp_plugin.train.launch import resolve_attention, train
 from gasp_plugin.train.recipe import load_recipe
 
 
@@ -37,8 +37,7 @@ def run(tmp_path_factory):
         "data.geometry.min_frames=3", "data.geometry.max_frames=3", "data.instruct.synthetic.count=4",
         "data.geometry_ratio=1.0",
     ])
-    return build_run(recipe, deepspeed_json=None, progress=False, resolve_model_path=resolve_model_path,
-                     resolve_attention=resolve_attention, resolve_dtype=_resolve_dtype)
+    return build_run(recipe, deepspeed_json=None, progress=False)
 
 
 def _geometry_batch(trainer):

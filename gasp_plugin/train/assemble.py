@@ -182,7 +182,7 @@ class Run:
         return path
 
 
-def build_run(recipe, *, deepspeed_json, progress, resolve_model_path, resolve_attention, resolve_dtype) -> Run:
+def build_run(recipe, *, deepspeed_json, progress) -> Run:
     from transformers import AutoModelForImageTextToText
 
     from gasp_plugin.core.attach import attach_gasp
@@ -192,6 +192,7 @@ def build_run(recipe, *, deepspeed_json, progress, resolve_model_path, resolve_a
     from gasp_plugin.models.registry import get_adapter
     from gasp_plugin.train.interleave import (GEOMETRY, INSTRUCT, InterleavedCollator, InterleavedDataset,
                                               InterleavePlan)
+    from gasp_plugin.train.launch import resolve_attention, resolve_dtype, resolve_model_path
     from gasp_plugin.train.trainer import GaspTrainer
 
     output_dir = Path(recipe.training.output_dir)

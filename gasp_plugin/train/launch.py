@@ -23,7 +23,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["TrainResult", "train", "add_arguments", "run", "main", "resolve_attention", "resolve_model_path"]
+__all__ = ["TrainResult", "train", "add_arguments", "run", "main", "resolve_attention", "resolve_dtype",
+           "resolve_model_path"]
 
 logger = logging.getLogger("gasp_plugin.train")
 DEFAULT_RECIPE = "tiny_cpu"
@@ -97,7 +98,7 @@ def resolve_attention(requested: str) -> str:
     return "sdpa"
 
 
-def _resolve_dtype(recipe):
+def resolve_dtype(recipe):
     import torch
 
     name = recipe.model.dtype
@@ -156,9 +157,7 @@ def train(recipe, overrides: list[str] | None = None, *, progress: bool = True) 
     if deepspeed_json:
         _single_process_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    run_ = build_run(recipe, deepspeed_json=deepspeed_json, progress=progress,
-                     resolve_model_path=resolve_model_path, resolve_attention=resolve_attention,
-                     resolve_dtype=_resolve_dtype)
+    run_ = build_run(recipe, deepspeed_json=deepspeed_json, progress=progress)
     trainer = run_.trainer
     resume = recipe.training.resume_from_checkpoint
     if resume == "last":

@@ -41,20 +41,12 @@ def _convert(tp: Any, value: Any, path: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
-    if origin is typing.Literal:
-        allowed = typing.get_args(tp)
-        if value in allowed:
-            return value
-        raise RecipeError(
-            f"{_where(path, source)}: must be one of {', '.join(map(repr, allowed))}; got {value!r}"
-        )
     if origin in (Union, types.UnionType):
-        errors = []
         for arg in typing.get_args(tp):
             try:
                 return _convert(arg, value, path, source)
-            except RecipeError as err:
-                errors.append(err)
+            except RecipeError:
+                continue
         raise RecipeError(
             f"{_where(path, source)}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})"
         )
