@@ -1,5 +1,6 @@
 """Correspondence heads: shape, SVD(q_proj) initialisation, shared head, no-DeepSpeed gather."""
 
+import contextlib
 import sys
 
 import pytest
@@ -56,7 +57,13 @@ def test_gasp_heads_per_layer_and_shared():
         heads(x, 1)
     shared = GaspHeads(16, [0, 1, 2], GaspConfig(embed_dim=4, shared_head=True))
     assert list(shared.heads) == ["shared"] and shared.head_for(0) is shared.head_for(2)
-    shared.init_from_q({l: torch.randn(8, 16) for l in (0, 1, 2)})
+    qs = {l: torch.randn(8, 16) for l in (0, 1, 2)}
+    shared.init_from_q(qs)
+    expected = CorrespondenceHead(16, 4)
+    svd_init_(expected, qs[1])  # a shared head starts from the middle layer's q_proj
+    rows = min(8, expected.fc1.weight.shape[0])  # same directions (scale follows each head's init)
+    cos = torch.nn.functional.cosine_similarity(shared.head_for(0).fc1.weight[:rows], expected.fc1.weight[:rows])
+    torch.testing.assert_close(cos, torch.ones(rows))
 
 
 def test_seeded_init_is_reproducible():
@@ -69,6 +76,8 @@ def test_seeded_init_is_reproducible():
 def test_gather_is_noop_without_deepspeed_partitioning():
     params = list(CorrespondenceHead(8, 4).parameters())
     already = "deepspeed" in sys.modules
-    with gathered_params(params, modify=True):
+    ctx = gathered_params(params, modify=True)
+    assert isinstance(ctx, contextlib.nullcontext)  # nothing partitioned: no DeepSpeed involved
+    with ctx:
         pass
     assert already or "deepspeed" not in sys.modules

@@ -84,12 +84,16 @@ def test_processor_grid_at_224(saved):
 def test_qwen_processor_fallback_is_parts_or_full(saved):
     model_type, path = saved
     processor = load_processor(path)
-    if model_type.startswith("qwen"):
-        try:
-            import torchvision  # noqa: F401
-        except ImportError:
-            assert isinstance(processor, ProcessorParts)
-            assert type(processor.image_processor).__name__ == "Qwen2VLImageProcessorPil"
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        torchvision = None
+    if model_type.startswith("qwen") and torchvision is None:
+        assert isinstance(processor, ProcessorParts)
+        assert type(processor.image_processor).__name__ == "Qwen2VLImageProcessorPil"
+    else:  # LLaVA, or Qwen with torchvision: the model's own full processor
+        assert not isinstance(processor, ProcessorParts)
+        assert type(processor).__name__.endswith("Processor")
 
 
 def test_unknown_family_lists_known():

@@ -13,6 +13,7 @@ layer outputs count once), which is what the step's peak is made of.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -86,16 +87,17 @@ def _step(model, inputs, handle, targets, device):
     import torch
 
     model.zero_grad(set_to_none=True)
-    if device.startswith("cuda"):
+    cuda = device.startswith("cuda")
+    if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    saved = _SavedBytes()
+    saved = None if cuda else _SavedBytes()  # CPU stand-in only: no Python hook in a timed CUDA step
     start = time.perf_counter()
-    with saved.ctx:
+    with contextlib.nullcontext() if cuda else saved.ctx:
         out = model(**inputs, labels=inputs["input_ids"])
         loss = out.loss if handle is None else out.loss + handle.compute_loss(targets).total
     loss.backward()
-    if device.startswith("cuda"):
+    if cuda:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
     else:

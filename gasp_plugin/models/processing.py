@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ProcessorParts", "load_processor", "save_processor"]
+__all__ = ["ProcessorParts", "load_processor"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +97,3 @@ def load_processor(path: str | Path) -> Any:
             first_line,
         )
         return ProcessorParts.from_pretrained(path)
-
-
-def save_processor(processor: Any, out_dir: str | Path) -> Path:
-    """Save a full processor or :class:`ProcessorParts` to ``out_dir``."""
-    processor.save_pretrained(out_dir)
-    return Path(out_dir)
