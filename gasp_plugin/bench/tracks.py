@@ -47,22 +47,18 @@ def _median_seconds(fn, repeats: int) -> float:
 
 
 def time_clip(scene, frame_ids: list[int], grid: int, repeats: int) -> dict:
-    """Median seconds to decode ``frame_ids`` (images + depth) and to compute their tracks."""
-    import numpy as np
-    import torch
-
-    from gasp_plugin.geometry.tracks import compute_tracks
+    """Median seconds to decode ``frame_ids`` (images + depth) and to compute their tracks, with
+    the functions the clip sampler runs (``load_clip``, ``tracks_for_clip``)."""
+    from gasp_plugin.data import load_clip
+    from gasp_plugin.geometry.tracks import tracks_for_clip
 
     def decode():
         return [scene.image(i) for i in frame_ids], [scene.depth(i) for i in frame_ids]
 
-    depth = np.stack(decode()[1])
-    K = np.stack([scene.intrinsics(i) for i in frame_ids])
-    poses = np.stack([scene.pose(i) for i in frame_ids])
+    clip = load_clip(scene, frame_ids, anchor_row=len(frame_ids) // 2)
 
     def geometry():
-        return compute_tracks(torch.from_numpy(depth), torch.from_numpy(K), torch.from_numpy(poses),
-                              anchor=len(frame_ids) // 2, grid=grid).keep_best(0.5)
+        return tracks_for_clip(clip, grid=grid, keep=0.5)
 
     return {"decode_s": _median_seconds(decode, repeats), "tracks_s": _median_seconds(geometry, repeats)}
 
