@@ -1,0 +1,25 @@
+"""Names and values that several parts of gasp-plugin must agree on, defined once.
+
+This module imports nothing, so every layer (geometry, data, models, core, recipe, train, probe,
+integrations) may read it.
+"""
+
+__all__ = ["HEADS_ATTR", "HEADS_FILE", "RECIPE_FILE", "TINY_PREFIX", "IGNORE_INDEX", "TARGETS_KEY"]
+
+#: attribute of the model under which ``attach_gasp`` registers the heads (``model.gasp_heads``)
+HEADS_ATTR = "gasp_heads"
+
+#: the heads file a trainer writes beside the saved model or adapter
+HEADS_FILE = "gasp_heads.safetensors"
+
+#: the resolved recipe a ``gasp train`` run writes beside its checkpoint
+RECIPE_FILE = "gasp_recipe.yaml"
+
+#: ``model.path`` / ``--model`` prefix that builds a tiny random model from a config (``tiny:qwen2_vl``)
+TINY_PREFIX = "tiny:"
+
+#: label of tokens the LM loss ignores (transformers' convention)
+IGNORE_INDEX = -100
+
+#: key of the :class:`gasp_plugin.core.targets.GaspTargets` in an example or batch dict
+TARGETS_KEY = "gasp_targets"
