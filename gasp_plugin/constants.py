@@ -4,7 +4,7 @@ This module imports nothing, so every layer (geometry, data, models, core, recip
 integrations) may read it.
 """
 
-__all__ = ["HEADS_ATTR", "HEADS_FILE", "RECIPE_FILE", "TINY_PREFIX", "IGNORE_INDEX", "TARGETS_KEY"]
+__all__ = ["HEADS_ATTR", "HEADS_FILE", "RECIPE_FILE", "TINY_PREFIX", "IGNORE_INDEX", "TARGETS_KEY", "IMAGE_TOKEN_TYPE", "VIDEO_TOKEN_TYPE"]
 
 #: attribute of the model under which ``attach_gasp`` registers the heads (``model.gasp_heads``)
 HEADS_ATTR = "gasp_heads"
@@ -23,3 +23,7 @@ IGNORE_INDEX = -100
 
 #: key of the :class:`gasp_plugin.core.targets.GaspTargets` in an example or batch dict
 TARGETS_KEY = "gasp_targets"
+
+#: ``mm_token_type_ids`` values at image and video placeholder tokens (0 = text), as Qwen-VL's
+#: rope index reads them
+IMAGE_TOKEN_TYPE, VIDEO_TOKEN_TYPE = 1, 2
