@@ -3,7 +3,7 @@
 Nothing is downloaded: the config, random weights (seeded), a byte-level BPE tokenizer trained
 locally on a few sentences with the family's special tokens, the family's chat template and its
 PIL image processor are written to a folder that loads offline with
-``AutoModelForImageTextToText.from_pretrained(dir)`` and :func:`gasp_plugin.models.load_processor`
+``AutoModelForImageTextToText.from_pretrained(dir)`` and :func:`gasp_plugin.models.processing.load_processor`
 (which is ``AutoProcessor.from_pretrained(dir)`` wherever that can load; see
 :mod:`gasp_plugin.models.processing` for Qwen-VL without torchvision)::
 
