@@ -46,9 +46,9 @@ def test_token_depths_match_loop_median(tiny):
     _, processor, adapter = tiny
     clip = _clip()
     layout = adapter.frame_layout(processor, clip.depth[0].shape)
-    got = token_depths(clip.depth[0], layout, adapter)
+    got = token_depths(clip.depth[0], layout)
     ys, xs = torch.meshgrid(torch.arange(90.0), torch.arange(120.0), indexing="ij")
-    tok = adapter.pixels_to_tokens(torch.stack([xs, ys], -1), layout)
+    tok = layout.pixels_to_tokens(torch.stack([xs, ys], -1))
     d = torch.from_numpy(clip.depth[0])
     for k in range(layout.num_tokens):
         vals = d[(tok == k) & (d > 0)]
@@ -65,11 +65,11 @@ def test_example_targets_follow_tracks(tiny):
     layout = adapter.frame_layout(processor, (90, 120))
     assert tg.target_frames.tolist() == [[1, 2]] and tg.anchor_frame.tolist() == [0]
     for j, row in enumerate([1, 2]):
-        want = adapter.pixels_to_tokens(tracks.xy[row], layout)
+        want = layout.pixels_to_tokens(tracks.xy[row])
         assert torch.equal(tg.pos_tokens[0, j], want)
         assert torch.equal(tg.visible[0, j], tracks.visible[row] & (want >= 0))
         assert torch.equal(tg.point_depth[0, j], torch.where(tg.visible[0, j], tracks.depth[row], torch.zeros(())))
-    assert torch.equal(tg.anchor_tokens[0], adapter.pixels_to_tokens(tracks.query_xy, layout))
+    assert torch.equal(tg.anchor_tokens[0], layout.pixels_to_tokens(tracks.query_xy))
     assert torch.equal(tg.token_positions, adapter.frame_token_positions(ex))
     assert 0 < tg.num_visible < tracks.visible[1:].sum()
 
@@ -145,7 +145,7 @@ def test_qwen_video_example_uses_group_first_frames():
     tg = ex[TARGETS_KEY]
     layout = adapter.frame_layout(processor, (90, 120))
     assert tg.token_positions.shape[1] == 2 and tg.target_frames.tolist() == [[1]]
-    assert torch.equal(tg.pos_tokens[0, 0], adapter.pixels_to_tokens(tracks.xy[2], layout))
+    assert torch.equal(tg.pos_tokens[0, 0], layout.pixels_to_tokens(tracks.xy[2]))
     odd = Tracks(tracks.xy, tracks.visible, tracks.depth, tracks.query_xy, 1)
     with pytest.raises(ValueError, match="second frame of temporal group"):
         build_geometry_example(clip, odd, processor, adapter, as_video=True)

@@ -13,7 +13,6 @@ from gasp_plugin.models.qwen2_vl import check_video_pairs, video_geometry_frames
 from gasp_plugin.models.registry import (  # noqa: E402
     FrameLayout,
     get_adapter,
-    pixels_to_tokens,
     register_adapter,
     supported_model_types,
 )
@@ -57,7 +56,7 @@ def test_pixel_to_token_matches_single_pixel_perturbation(tiny, hw):
         uy = (y + 0.5) * layout.resized_hw[0] / hw[0] - layout.crop_yx[0]
         margin = 2.5 * max(layout.resized_hw[0] / hw[0], 1.0)
         near_edge = min(ux % layout.cell, -ux % layout.cell, uy % layout.cell, -uy % layout.cell) < margin
-        tok = int(adapter.pixels_to_tokens(torch.tensor([float(x), float(y)]), layout))
+        tok = int(layout.pixels_to_tokens(torch.tensor([float(x), float(y)])))
         per_token = _changed_tokens(model_type, processor, adapter, frame, x, y)
         if tok == -1:
             # cropped away: with a crop margin, its change must not reach the vision input at all
@@ -75,9 +74,9 @@ def test_identity_resize_matches_analytic_formula():
     # 112 x 112 Qwen frame: no resize, cell 28, 4 x 4 tokens
     layout = FrameLayout((112, 112), (112, 112), (0, 0), 28, (4, 4))
     ys, xs = torch.meshgrid(torch.arange(112.0), torch.arange(112.0), indexing="ij")
-    tok = pixels_to_tokens(torch.stack([xs, ys], -1), layout)
+    tok = layout.pixels_to_tokens(torch.stack([xs, ys], -1))
     assert torch.equal(tok, (ys.long() // 28) * 4 + xs.long() // 28)
-    out = pixels_to_tokens(torch.tensor([[-1.0, 5.0], [112.0, 5.0], [float("nan"), 1.0]]), layout)
+    out = layout.pixels_to_tokens(torch.tensor([[-1.0, 5.0], [112.0, 5.0], [float("nan"), 1.0]]))
     assert out.tolist() == [-1, -1, -1]
 
 

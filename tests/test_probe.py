@@ -12,7 +12,7 @@ from gasp_plugin.data.scene import Scene, open_scene
 from gasp_plugin.models.registry import get_adapter
 from gasp_plugin.models.tiny import build_tiny_model, save_tiny_model
 from gasp_plugin.probe.pairs import select_pairs
-from gasp_plugin.probe.runner import run_probe, token_centres
+from gasp_plugin.probe.runner import run_probe
 
 SUMMARY_KEYS = {"peak_layer", "pck0", "pck1", "pck2", "chance_pck2", "rho", "robustness_max_gap",
                 "max_gap", "covisible_max_gap"}
@@ -130,24 +130,6 @@ def test_oracle_descriptor_is_perfect_on_a_static_scene(tiny_qwen):
     assert s["chance_pck2"] < 0.5
     # hidden states of the second frame are not copies of the first's (context, positions)
     assert report.stats["hidden"][0].num_queries == report.stats["head"][0].num_queries
-
-
-def test_token_centres_invert_the_adapter_mapping(tiny_qwen, hololens):
-    model, processor = tiny_qwen
-    adapter = get_adapter(model)
-    layout = adapter.frame_layout(processor, hololens.image(0).shape[:2])
-    centres = token_centres(layout)
-    assert torch.equal(adapter.pixels_to_tokens(centres, layout), torch.arange(layout.num_tokens))
-    from gasp_plugin.probe.output import cell_boundaries
-
-    xs, ys = cell_boundaries(layout)
-    gh, gw = layout.grid_hw
-    assert len(xs) == gw + 1 and len(ys) == gh + 1
-    # just left / right of an inner column boundary: neighbouring tokens of the same row
-    y = float(centres[0, 1])
-    left, right = torch.tensor([[xs[1] - 0.01, y]]), torch.tensor([[xs[1] + 0.01, y]])
-    assert adapter.pixels_to_tokens(left, layout).item() == 0
-    assert adapter.pixels_to_tokens(right, layout).item() == 1
 
 
 def test_probe_bad_inputs(tiny_qwen, hololens):

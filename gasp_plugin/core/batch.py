@@ -37,10 +37,11 @@ TARGETS_KEY = "gasp_targets"
 _SEQ_KEYS = {"input_ids": None, "attention_mask": 0, "mm_token_type_ids": 0, "labels": -100}
 
 
-def token_depths(depth: np.ndarray | torch.Tensor, layout, adapter) -> torch.Tensor:
+def token_depths(depth: np.ndarray | torch.Tensor, layout) -> torch.Tensor:
     """``[n]`` median of the valid (finite, > 0) depth pixels in each token's cell; 0 if none.
 
-    ``depth`` is ``[h, w]`` at the frame's original resolution. Even counts take the lower median
+    ``depth`` is ``[h, w]`` at the frame's original resolution, ``layout`` its
+    :class:`~gasp_plugin.models.registry.FrameLayout`. Even counts take the lower median
     (as ``torch.median``).
     """
     d = torch.as_tensor(np.asarray(depth), dtype=torch.float32)
@@ -48,7 +49,7 @@ def token_depths(depth: np.ndarray | torch.Tensor, layout, adapter) -> torch.Ten
     if (h, w) != tuple(layout.orig_hw):
         raise ValueError(f"depth map is {h}x{w} but the frame is {layout.orig_hw[0]}x{layout.orig_hw[1]}")
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    tok = adapter.pixels_to_tokens(torch.stack([xs, ys], -1), layout).flatten()
+    tok = layout.pixels_to_tokens(torch.stack([xs, ys], -1)).flatten()
     d = d.flatten()
     keep = (tok >= 0) & torch.isfinite(d) & (d > 0)
     tok, d = tok[keep], d[keep]
@@ -102,16 +103,16 @@ def build_geometry_example(
     positions = adapter.frame_token_positions(inputs)  # [1, f', n]
     layouts = [adapter.frame_layout(processor, frames[r].shape[:2]) for r in rows]
     anchor_slot = rows.index(tracks.anchor)
-    anchor_tokens = adapter.pixels_to_tokens(tracks.query_xy.float(), layouts[anchor_slot])  # [p]
+    anchor_tokens = layouts[anchor_slot].pixels_to_tokens(tracks.query_xy.float())  # [p]
     slots = [i for i in range(len(rows)) if i != anchor_slot]
-    pos = torch.stack([adapter.pixels_to_tokens(tracks.xy[rows[i]].float(), layouts[i]) for i in slots])  # [t, p]
+    pos = torch.stack([layouts[i].pixels_to_tokens(tracks.xy[rows[i]].float()) for i in slots])  # [t, p]
     visible = torch.stack([tracks.visible[rows[i]].bool() for i in slots]) & (pos >= 0)
     depth = torch.stack([tracks.depth[rows[i]].float() for i in slots])
     depth = torch.where(visible & torch.isfinite(depth) & (depth > 0), depth, torch.zeros_like(depth))
     n = positions.shape[-1]
     tok_depth = torch.zeros(len(slots), n)
     for j, i in enumerate(slots):
-        d = token_depths(clip.depth[rows[i]], layouts[i], adapter)
+        d = token_depths(clip.depth[rows[i]], layouts[i])
         tok_depth[j, : d.numel()] = d
     targets = GaspTargets(
         token_positions=positions,

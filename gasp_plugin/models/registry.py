@@ -15,7 +15,7 @@ integer coordinates, pixel ``(u, v)`` covers ``[u - 0.5, u + 0.5)``.
     inputs = adapter.build_frame_inputs(processor, frames)      # frames: list of uint8 [h, w, 3]
     pos = adapter.frame_token_positions(inputs)                 # [b, f, n], -1 = padding
     layout = adapter.frame_layout(processor, frames[0].shape[:2])
-    tok = adapter.pixels_to_tokens(xy, layout)                  # raster index in the frame, -1 = outside
+    tok = layout.pixels_to_tokens(xy)                           # raster index in the frame, -1 = outside
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,7 +35,6 @@ __all__ = [
     "register_adapter",
     "get_adapter",
     "supported_model_types",
-    "pixels_to_tokens",
     "find_module",
 ]
 
@@ -59,32 +59,53 @@ class FrameLayout:
 
     @property
     def num_tokens(self) -> int:
+        """``gh * gw``, the frame's token count."""
         return self.grid_hw[0] * self.grid_hw[1]
 
+    def _to_resized(self, p, axis: int):
+        """Original pixel coordinate ``p`` (any shape) -> coordinate in the cropped resized image
+        along ``axis`` (0 = y, 1 = x); the pixel's centre maps to the centre of its footprint."""
+        return (p + 0.5) * (self.resized_hw[axis] / self.orig_hw[axis]) - self.crop_yx[axis]
 
-def pixels_to_tokens(xy: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
-    """Raster token index (``row * gw + col``) of original-frame pixels; -1 outside the grid.
+    def _to_original(self, u, axis: int):
+        """Inverse of :meth:`_to_resized`: cropped resized coordinate ``u`` -> original pixel."""
+        return (u + self.crop_yx[axis]) * (self.orig_hw[axis] / self.resized_hw[axis]) - 0.5
 
-    Args:
-        xy: ``[..., 2]`` float pixel coordinates ``(x, y)`` in the original frame.
-        layout: the frame's :class:`FrameLayout`.
+    def pixels_to_tokens(self, xy: torch.Tensor) -> torch.Tensor:
+        """Raster token index (``row * gw + col``) of original-frame pixels; -1 outside the grid.
 
-    Returns:
-        ``[...]`` long.
-    """
-    if xy.shape[-1:] != (2,):
-        raise ValueError(f"xy must have shape [..., 2], got {tuple(xy.shape)}")
-    h, w = layout.orig_hw
-    rh, rw = layout.resized_hw
-    gh, gw = layout.grid_hw
-    xy = xy.to(torch.float64)
-    # edge coordinates (0 .. w) of the pixel centre, scaled to the resized image, minus the crop
-    ux = (xy[..., 0] + 0.5) * (rw / w) - layout.crop_yx[1]
-    uy = (xy[..., 1] + 0.5) * (rh / h) - layout.crop_yx[0]
-    col = torch.floor(ux / layout.cell).long()
-    row = torch.floor(uy / layout.cell).long()
-    inside = (col >= 0) & (col < gw) & (row >= 0) & (row < gh) & torch.isfinite(xy).all(-1)
-    return torch.where(inside, row * gw + col, torch.full_like(col, -1))
+        Args:
+            xy: ``[..., 2]`` float pixel coordinates ``(x, y)`` in the original frame.
+
+        Returns:
+            ``[...]`` long.
+        """
+        if xy.shape[-1:] != (2,):
+            raise ValueError(f"xy must have shape [..., 2], got {tuple(xy.shape)}")
+        gh, gw = self.grid_hw
+        xy = xy.to(torch.float64)
+        col = torch.floor(self._to_resized(xy[..., 0], 1) / self.cell).long()
+        row = torch.floor(self._to_resized(xy[..., 1], 0) / self.cell).long()
+        inside = (col >= 0) & (col < gw) & (row >= 0) & (row < gh) & torch.isfinite(xy).all(-1)
+        return torch.where(inside, row * gw + col, torch.full_like(col, -1))
+
+    def token_centres(self) -> torch.Tensor:
+        """``[gh * gw, 2]`` float64 original-frame pixel ``(x, y)`` of each token cell's centre, in
+        raster order: :meth:`pixels_to_tokens` maps row ``i`` back to token ``i``."""
+        gh, gw = self.grid_hw
+        rows, cols = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64),
+                                    indexing="ij")
+        x = self._to_original((cols.reshape(-1) + 0.5) * self.cell, 1)
+        y = self._to_original((rows.reshape(-1) + 0.5) * self.cell, 0)
+        return torch.stack([x, y], dim=-1)
+
+    def cell_boundaries(self) -> tuple[np.ndarray, np.ndarray]:
+        """Token-cell boundaries ``(xs [gw + 1], ys [gh + 1])`` float64 in original-frame pixel
+        coordinates (pixel centres at integers, so the boundary between pixels 0 and 1 is 0.5);
+        cell ``(row, col)`` spans ``xs[col] .. xs[col + 1]`` by ``ys[row] .. ys[row + 1]``."""
+        gh, gw = self.grid_hw
+        return (self._to_original(np.arange(gw + 1) * self.cell, 1),
+                self._to_original(np.arange(gh + 1) * self.cell, 0))
 
 
 def _split_positions(is_visual: torch.Tensor, counts_per_row: list[list[int]]) -> torch.Tensor:
@@ -200,10 +221,6 @@ class VLMAdapter(ABC):
     def frame_token_positions(self, inputs: dict) -> torch.Tensor:
         """``[b, f, n]`` sequence positions of each frame's visual tokens, raster order, -1 = pad."""
         return _split_positions(self.visual_token_mask(inputs), self.frame_token_counts(inputs))
-
-    def pixels_to_tokens(self, xy: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
-        """``[...]`` raster token index in the frame of original pixels ``xy [..., 2]``; -1 outside."""
-        return pixels_to_tokens(xy, layout)
 
 
 _ADAPTERS: dict[str, type[VLMAdapter]] = {}

@@ -10,18 +10,7 @@ from gasp_plugin.probe.metrics import cell_distance
 from gasp_plugin.probe.plots import plot_matches, plot_pck_per_layer, plot_robustness
 from gasp_plugin.probe.report import PEAK_DELTA, ProbeReport
 
-__all__ = ["write_outputs", "figure_pair", "cell_boundaries"]
-
-
-def cell_boundaries(layout) -> tuple[np.ndarray, np.ndarray]:
-    """Token-cell boundaries ``(xs, ys)`` in original-frame pixel coordinates (pixel centres at
-    integers, so the boundary between pixels 0 and 1 is 0.5)."""
-    h, w = layout.orig_hw
-    rh, rw = layout.resized_hw
-    gh, gw = layout.grid_hw
-    xs = (np.arange(gw + 1) * layout.cell + layout.crop_yx[1]) * (w / rw) - 0.5
-    ys = (np.arange(gh + 1) * layout.cell + layout.crop_yx[0]) * (h / rh) - 0.5
-    return xs, ys
+__all__ = ["write_outputs", "figure_pair"]
 
 
 def figure_pair(report: ProbeReport) -> tuple[str, int, int]:
@@ -38,8 +27,6 @@ def figure_pair(report: ProbeReport) -> tuple[str, int, int]:
 
 def write_outputs(report: ProbeReport, scenes, out_dir: str | Path) -> list[Path]:
     """Write ``pck_per_layer.png``, ``robustness.png``, ``matches.png`` and ``probe.json``."""
-    from gasp_plugin.probe.runner import token_centres
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [plot_pck_per_layer(report, out / "pck_per_layer.png"), plot_robustness(report, out / "robustness.png")]
@@ -48,14 +35,15 @@ def write_outputs(report: ProbeReport, scenes, out_dir: str | Path) -> list[Path
     pair = report.pair_set.pairs[rec.pair_index]
     scene = scenes[pair.scene_index]
     anchor, target = np.asarray(scene.image(pair.anchor)), np.asarray(scene.image(pair.target))
-    centres = token_centres(report.layouts[tuple(target.shape[:2])])
+    layout = report.layouts[tuple(target.shape[:2])]
+    centres = layout.token_centres()
     pred_xy = centres[np.asarray(rec.pred)].numpy()
     dist = cell_distance(rec.pred, rec.true, rec.grid, report.distance).numpy()
     title = (f"{desc} layer {layer}: {pair.scene} frames {pair.anchor} -> {pair.target} (gap {pair.gap}); "
              f"{int((dist <= PEAK_DELTA).sum())}/{len(dist)} within {PEAK_DELTA} cells ({report.distance})")
     paths.append(plot_matches(anchor, target, np.asarray(rec.query_xy), np.asarray(rec.true_xy), pred_xy,
                               dist <= PEAK_DELTA, out / "matches.png", title=title,
-                              grid_lines=cell_boundaries(report.layouts[tuple(target.shape[:2])])))
+                              grid_lines=layout.cell_boundaries()))
     report.meta["figures"] = [p.name for p in paths]
     report.meta["match_figure"] = {"descriptor": desc, "layer": layer, **pair.describe()}
     paths.append(report.save_json(out / "probe.json"))

@@ -32,19 +32,7 @@ from gasp_plugin.probe.metrics import CELL_DISTANCES, DEFAULT_DISTANCE, DEFAULT_
 from gasp_plugin.probe.pairs import MAX_GAP_LIMIT, PairSet, select_pairs
 from gasp_plugin.probe.report import PairMatches, ProbeReport
 
-__all__ = ["run_probe", "token_centres"]
-
-
-def token_centres(layout) -> torch.Tensor:
-    """``[gh * gw, 2]`` original-frame pixel ``(x, y)`` of each token cell's centre (raster order):
-    the inverse of the adapter's pixel -> token mapping for a :class:`FrameLayout`."""
-    h, w = layout.orig_hw
-    rh, rw = layout.resized_hw
-    gh, gw = layout.grid_hw
-    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-    x = ((cols.reshape(-1) + 0.5) * layout.cell + layout.crop_yx[1]) * (w / rw) - 0.5
-    y = ((rows.reshape(-1) + 0.5) * layout.cell + layout.crop_yx[0]) * (h / rh) - 0.5
-    return torch.stack([x, y], dim=-1).double()
+__all__ = ["run_probe"]
 
 
 def _head_embed(heads, layer: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -106,8 +94,8 @@ class _PairProbe:
             return f"image unreadable: {err}"
         lay = tuple(self.layout(tuple(fr.shape[:2])) for fr in frames)
         tr = pair.tracks
-        qtok = self.adapter.pixels_to_tokens(tr.query_xy, lay[0])
-        ttok = self.adapter.pixels_to_tokens(tr.xy[1], lay[1])
+        qtok = lay[0].pixels_to_tokens(tr.query_xy)
+        ttok = lay[1].pixels_to_tokens(tr.xy[1])
         valid = tr.visible[1] & (qtok >= 0) & (ttok >= 0)
         if not bool(valid.any()):
             return "no visible track inside both token grids"
