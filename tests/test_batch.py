@@ -135,6 +135,9 @@ def test_bad_inputs_give_clear_errors(tiny):
         build_geometry_example(_clip(3), no_anchor, processor, adapter)
     with pytest.raises(ValueError, match="no examples"):
         GeometryCollator(processor)([])
+    if adapter.config.model_type == "llava":  # a family without video input
+        with pytest.raises(ValueError, match="has no video input; use as_video=False"):
+            build_geometry_example(_clip(4), _tracks(4), processor, adapter, as_video=True)
 
 
 def test_qwen_video_example_uses_group_first_frames():

@@ -130,6 +130,22 @@ def test_qwen_video_groups_pair_consecutive_frames(model_type):
         check_video_pairs(0, [0, 2], tps)
     with pytest.raises(ValueError, match="second frame of temporal group"):
         check_video_pairs(0, [3], tps)
+    assert adapter.video_geometry_rows(4, 2) == [0, 2]
+    with pytest.raises(ValueError, match="second frame of temporal group"):
+        adapter.video_geometry_rows(4, 1)
+    with pytest.raises(ValueError, match="multiple of temporal_patch_size"):
+        adapter.video_geometry_rows(5, 0)
+
+
+def test_family_without_video_input_says_so(tiny):
+    model_type, _, processor, adapter = tiny
+    if model_type.startswith("qwen"):
+        pytest.skip("Qwen-VL has video input")
+    frames = [np.zeros((112, 112, 3), np.uint8)] * 2
+    with pytest.raises(ValueError, match=r"LlavaAdapter \(model_type 'llava'\) has no video input; use as_video=False"):
+        adapter.video_geometry_rows(2, 0)
+    with pytest.raises(ValueError, match="has no video input"):
+        adapter.build_video_inputs(processor, frames)
 
 
 class _Wrapper(nn.Module):

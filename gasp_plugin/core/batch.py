@@ -9,9 +9,11 @@ e.g. not cropped away by LLaVA's centre crop), the point's depth in the target f
 target-frame token the median of the valid depth pixels in its cell (0 when it has none). The
 anchor point's own token comes from ``tracks.query_xy`` in the anchor frame.
 
-With Qwen video input (``as_video=True``), each temporal group of ``temporal_patch_size`` frames
-is one "frame" of the targets, with the geometry of its first frame (see
-:mod:`gasp_plugin.models.qwen2_vl`); the anchor must be a group's first frame.
+With video input (``as_video=True``, families whose adapter has it), the adapter's
+``video_geometry_rows`` names the frame whose geometry each token frame of the video carries. For
+Qwen-VL, each temporal group of ``temporal_patch_size`` frames is one "frame" of the targets, with
+the geometry of its first frame (see :mod:`gasp_plugin.models.qwen2_vl`); the anchor must be a
+group's first frame.
 
     example = build_geometry_example(clip, tracks, processor, adapter)
     batch = GeometryCollator(processor)([example, ...])
@@ -89,13 +91,7 @@ def build_geometry_example(
     _check_inputs(clip, tracks)
     frames = [np.asarray(im) for im in clip.images]
     if as_video:
-        if not hasattr(adapter, "build_video_inputs"):
-            raise ValueError(f"{type(adapter).__name__} has no video input; use as_video=False")
-        from gasp_plugin.models.qwen2_vl import check_video_pairs, video_geometry_frames
-
-        tps = adapter.temporal_patch_size
-        rows = video_geometry_frames(len(frames), tps)
-        check_video_pairs(tracks.anchor, [r for r in rows if r // tps != tracks.anchor // tps], tps)
+        rows = adapter.video_geometry_rows(len(frames), tracks.anchor)
         inputs = adapter.build_video_inputs(processor, frames, prompt=prompt)
     else:
         rows = list(range(len(frames)))

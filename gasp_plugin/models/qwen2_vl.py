@@ -133,6 +133,13 @@ class QwenVLAdapter(VLMAdapter):
             "video_grid_thw": video_grid_thw,
         }
 
+    def video_geometry_rows(self, num_frames: int, anchor: int) -> list[int]:
+        """The first frame row of each temporal group; ``anchor`` must be one of them."""
+        tps = self.temporal_patch_size
+        rows = video_geometry_frames(num_frames, tps)
+        check_video_pairs(anchor, [r for r in rows if r // tps != anchor // tps], tps)
+        return rows
+
     # -- token layout ------------------------------------------------------------------------
     def _is_video(self, inputs: dict) -> bool:
         has_img = inputs.get("image_grid_thw") is not None

@@ -222,6 +222,23 @@ class VLMAdapter(ABC):
         """``[b, f, n]`` sequence positions of each frame's visual tokens, raster order, -1 = pad."""
         return _split_positions(self.visual_token_mask(inputs), self.frame_token_counts(inputs))
 
+    # -- frames as one video (families without video input keep these defaults) --------------
+    def video_geometry_rows(self, num_frames: int, anchor: int) -> list[int]:
+        """Frame rows whose geometry the video's token frames carry, one per token frame in order.
+
+        Raises ``ValueError`` when ``num_frames`` cannot form the video or the ``anchor`` row
+        cannot be supervised; here, always: this family has no video input.
+        """
+        raise ValueError(self._no_video())
+
+    def build_video_inputs(self, processor: Any, frames: list, *, prompt: str = "Describe the video.") -> dict:
+        """Model inputs (batch of one) for ``frames`` (list of uint8 ``[h, w, 3]``) as one video."""
+        raise ValueError(self._no_video())
+
+    def _no_video(self) -> str:
+        return (f"{type(self).__name__} (model_type {getattr(self.config, 'model_type', '?')!r}) has no video "
+                "input; use as_video=False to give the frames as separate images")
+
 
 _ADAPTERS: dict[str, type[VLMAdapter]] = {}
 
