@@ -12,6 +12,7 @@ from gasp_plugin.data.instruct import (
     InstructionDataset,
     load_records,
     make_synthetic_instructions,
+    mm_token_type_ids,
     parse_record,
 )
 
@@ -145,3 +146,13 @@ def test_collator_pads_with_ignore_index():
     assert b["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
     assert b["labels"].tolist() == [[-100, 6, 7], [-100, -100, -100]]
     assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_mm_token_type_ids_mark_image_and_video_tokens():
+    from gasp_plugin.constants import IMAGE_TOKEN_TYPE, VIDEO_TOKEN_TYPE
+
+    ids = torch.tensor([[5, 7, 7, 9, 8, 8, 5]])
+    assert mm_token_type_ids(ids, 7, 8).tolist() == [[0, 1, 1, 0, 2, 2, 0]]
+    assert mm_token_type_ids(ids, 7).tolist() == [[0, 1, 1, 0, 0, 0, 0]]
+    assert (IMAGE_TOKEN_TYPE, VIDEO_TOKEN_TYPE) == (1, 2)  # the values Qwen-VL's rope index reads
+    assert mm_token_type_ids(ids, 7, 8).dtype == ids.dtype

@@ -29,14 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from gasp_plugin.constants import IGNORE_INDEX, TARGETS_KEY
 from gasp_plugin.core.targets import GaspTargets
 
 __all__ = ["build_geometry_example", "GeometryCollator", "token_depths", "TARGETS_KEY"]
 
-#: key of the :class:`GaspTargets` in an example / batch dict
-TARGETS_KEY = "gasp_targets"
-
-_SEQ_KEYS = {"input_ids": None, "attention_mask": 0, "mm_token_type_ids": 0, "labels": -100}
+# TARGETS_KEY (key of the GaspTargets in an example / batch dict) is re-exported from gasp_plugin.constants
+_SEQ_KEYS = {"input_ids": None, "attention_mask": 0, "mm_token_type_ids": 0, "labels": IGNORE_INDEX}
 
 
 def token_depths(depth: np.ndarray | torch.Tensor, layout) -> torch.Tensor:
@@ -144,7 +143,7 @@ class GeometryCollator:
     """Pads sequences (right side) and stacks vision tensors and targets of geometry examples.
 
     Sequence keys (``input_ids`` with the tokenizer's pad id, ``attention_mask`` and
-    ``mm_token_type_ids`` with 0, ``labels`` with -100) are padded; other tensors (pixel values,
+    ``mm_token_type_ids`` with 0, ``labels`` with ``IGNORE_INDEX``) are padded; other tensors (pixel values,
     grids) are concatenated along dim 0, as the models expect; ``gasp_targets`` are padded with
     -1 / False / 0.
     """

@@ -32,6 +32,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from gasp_plugin.constants import IGNORE_INDEX, IMAGE_TOKEN_TYPE, VIDEO_TOKEN_TYPE
+
 __all__ = [
     "BadSample",
     "InstructionDataset",
@@ -40,11 +42,11 @@ __all__ = [
     "parse_record",
     "load_records",
     "encode_conversation",
+    "mm_token_type_ids",
     "make_synthetic_instructions",
 ]
 
 logger = logging.getLogger(__name__)
-IGNORE_INDEX = -100
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -234,6 +236,17 @@ def _align_mask(expanded: list[int], ids: list[int], mask: list[bool], media_ids
     return out
 
 
+def mm_token_type_ids(input_ids: torch.Tensor, image_token_id: int, video_token_id: int | None = None) -> torch.Tensor:
+    """``mm_token_type_ids`` of ``input_ids [...]``: :data:`~gasp_plugin.constants.IMAGE_TOKEN_TYPE`
+    at image tokens, :data:`~gasp_plugin.constants.VIDEO_TOKEN_TYPE` at video tokens (when
+    ``video_token_id`` is given), 0 elsewhere; same shape and dtype as ``input_ids``."""
+    types = torch.zeros_like(input_ids)
+    types[input_ids == image_token_id] = IMAGE_TOKEN_TYPE
+    if video_token_id is not None:
+        types[input_ids == video_token_id] = VIDEO_TOKEN_TYPE
+    return types
+
+
 def encode_conversation(
     processor: Any,
     messages: list[dict],
@@ -271,15 +284,11 @@ def encode_conversation(
         expanded, label_mask = _expand(ids, mask, image_token_id, counts)
     input_ids = torch.tensor(expanded, dtype=torch.long)
     labels = torch.where(torch.tensor(label_mask), input_ids, torch.full_like(input_ids, IGNORE_INDEX))
-    types = torch.zeros_like(input_ids)
-    types[input_ids == image_token_id] = 1
-    if video_token_id is not None:
-        types[input_ids == video_token_id] = 2
     return {
         "input_ids": input_ids,
         "attention_mask": torch.ones_like(input_ids),
         "labels": labels,
-        "mm_token_type_ids": types,
+        "mm_token_type_ids": mm_token_type_ids(input_ids, image_token_id, video_token_id),
         **media,
     }
 

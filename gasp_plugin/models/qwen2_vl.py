@@ -3,8 +3,10 @@
 Token layout (read from the model config and the image processor, never typed in): an image of
 resized size ``(H, W)`` gives ``(H / patch) x (W / patch)`` patches, merged ``merge x merge`` into
 ``gh = H / (patch * merge)`` by ``gw`` LLM tokens in raster order; its ``image_token_id``
-placeholders sit between ``vision_start`` and ``vision_end`` tokens. ``mm_token_type_ids`` (1 at
-image tokens, 2 at video tokens) is always returned, since the model requires it with grids.
+placeholders sit between ``vision_start`` and ``vision_end`` tokens. ``mm_token_type_ids``
+(:data:`~gasp_plugin.constants.IMAGE_TOKEN_TYPE` at image tokens,
+:data:`~gasp_plugin.constants.VIDEO_TOKEN_TYPE` at video tokens) is always returned, since the
+model requires it with grids.
 
 **Frames as a video.** With ``temporal_patch_size`` = 2, a video's consecutive frames ``(2g,
 2g + 1)`` share one temporal token group ``g``: the group's tokens mix both frames. GASP uses the
@@ -24,13 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from gasp_plugin.data.instruct import mm_token_type_ids
 from gasp_plugin.models.processing import ProcessorParts
 from gasp_plugin.models.registry import FrameLayout, VLMAdapter, register_adapter
 
 __all__ = ["QwenVLAdapter", "check_video_pairs", "video_geometry_frames"]
-
-_IMAGE_TYPE, _VIDEO_TYPE = 1, 2  # mm_token_type_ids values used by Qwen-VL's get_rope_index
-
 
 def _size_entry(size: Any, key: str) -> int:
     return int(size[key] if isinstance(size, dict) else getattr(size, key))
@@ -87,9 +87,7 @@ class QwenVLAdapter(VLMAdapter):
         expanded = pieces[0] + "".join(placeholder * c + rest for c, rest in zip(counts, pieces[1:]))
         enc = processor.tokenizer(expanded, return_tensors="pt", add_special_tokens=False)
         ids = enc["input_ids"]
-        mm = torch.zeros_like(ids)
-        mm[ids == self.config.image_token_id] = _IMAGE_TYPE
-        mm[ids == self.config.video_token_id] = _VIDEO_TYPE
+        mm = mm_token_type_ids(ids, self.config.image_token_id, self.config.video_token_id)
         return {"input_ids": ids, "attention_mask": enc["attention_mask"], "mm_token_type_ids": mm}
 
     def build_frame_inputs(self, processor: Any, frames: list, *, prompt: str = "Describe the frames.") -> dict:
@@ -99,7 +97,7 @@ class QwenVLAdapter(VLMAdapter):
         if not isinstance(processor, ProcessorParts):
             out = dict(processor(text=[text], images=frames, return_tensors="pt"))
             if "mm_token_type_ids" not in out:
-                out["mm_token_type_ids"] = (out["input_ids"] == self.config.image_token_id).long() * _IMAGE_TYPE
+                out["mm_token_type_ids"] = mm_token_type_ids(out["input_ids"], self.config.image_token_id)
             return out
         vis = processor.image_processor(images=frames, return_tensors="pt")
         counts = [int(g.prod()) // self.merge**2 for g in vis["image_grid_thw"]]
