@@ -2,6 +2,7 @@
 colour from an mp4 via decord, hololens), plus the bad-input cases."""
 
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -197,3 +198,39 @@ def test_video_frame_count_mismatch_is_an_error(tmp_path, synth):
     root = write_video_scene(tmp_path / "vid", synth, n=len(synth) - 2)
     with pytest.raises(ValueError, match=r"colour.mp4 has 4 frames, depth/ has 6 maps and poses.txt has 6"):
         open_scene(root)
+
+
+# --- shared pose / intrinsics files -------------------------------------------------------------
+
+
+def test_read_pose_files_keeps_nan_and_names_bad_files(tmp_path):
+    from gasp_plugin.data.readers.common import read_pose_files
+
+    good, nan = tmp_path / "0.txt", tmp_path / "1.txt"
+    write_mat(good, np.eye(4))
+    nan.write_text("\n".join(" ".join(["nan"] * 4) for _ in range(4)))
+    poses, missing = read_pose_files([good, nan, tmp_path / "2.txt"])
+    assert poses.shape == (3, 4, 4) and poses.dtype == np.float64
+    assert np.array_equal(poses[0], np.eye(4))
+    assert np.isnan(poses[1]).all() and np.isnan(poses[2]).all()  # the scene skips these frames
+    assert missing == {2: f"missing pose file {tmp_path / '2.txt'}"}
+    wrong = tmp_path / "3.txt"
+    write_mat(wrong, np.eye(3))
+    with pytest.raises(ValueError, match=re.escape(f"{wrong}: expected a 4x4 matrix, got shape (3, 3)")):
+        read_pose_files([good, wrong])
+    text = tmp_path / "4.txt"
+    text.write_text("1 0 0 0\n0 one 0 0\n0 0 1 0\n0 0 0 1\n")
+    with pytest.raises(ValueError, match=re.escape(f"cannot read matrix {text}")):
+        read_pose_files([text])
+
+
+def test_read_intrinsics_takes_a_4x4_block_and_names_a_missing_file(tmp_path):
+    from gasp_plugin.data.readers.common import read_intrinsics
+
+    K4 = np.eye(4)
+    K4[:3, :3] = [[500.0, 0, 32], [0, 510, 24], [0, 0, 1]]
+    write_mat(tmp_path / "K.txt", K4)
+    assert np.array_equal(read_intrinsics(tmp_path / "K.txt"), K4[:3, :3])
+    assert read_intrinsics(tmp_path / "none.txt", optional=True) is None
+    with pytest.raises(ValueError, match=re.escape(f"intrinsics file {tmp_path / 'none.txt'} is missing")):
+        read_intrinsics(tmp_path / "none.txt")

@@ -21,6 +21,8 @@ __all__ = [
     "read_depth",
     "read_matrix",
     "read_pose_rows",
+    "read_pose_files",
+    "read_intrinsics",
     "scale_intrinsics",
     "depth_lookup_index",
     "resample_depth_nearest",
@@ -89,6 +91,43 @@ def read_pose_rows(path: Path) -> np.ndarray:
             raise ValueError(f"{path}:{n}: expected 16 numbers (a row-major 4x4 pose), got {len(vals)}")
         rows.append(vals)
     return np.asarray(rows, dtype=np.float64).reshape(-1, 4, 4)
+
+
+def read_pose_files(files: list[Path]) -> tuple[np.ndarray, dict[int, str]]:
+    """Poses from one 4x4 camera-to-world matrix file per frame.
+
+    Args:
+        files: ``f`` paths, one per frame.
+
+    Returns:
+        ``(poses [f, 4, 4] float64, missing {frame: reason})``: a frame whose file does not exist
+        gets an all-NaN pose and the reason ``"missing pose file PATH"`` (the scene skips it).
+        Non-numeric entries such as ``nan`` / ``-inf`` are kept (the scene skips those frames).
+
+    Raises:
+        ValueError naming the file when one cannot be read or is not a 4x4 matrix.
+    """
+    poses, missing = [], {}
+    for i, f in enumerate(files):
+        if Path(f).is_file():
+            poses.append(read_matrix(Path(f), (4, 4)))
+        else:
+            poses.append(np.full((4, 4), np.nan))
+            missing[i] = f"missing pose file {f}"
+    return (np.stack(poses) if poses else np.zeros((0, 4, 4))), missing
+
+
+def read_intrinsics(path: Path, *, optional: bool = False) -> np.ndarray | None:
+    """``float64 [3, 3]`` intrinsics from a 3x3 matrix file (or the top-left block of a 4x4 one).
+
+    A missing file gives ``None`` when ``optional``, else a ``ValueError`` naming it.
+    """
+    path = Path(path)
+    if path.is_file():
+        return read_matrix(path, (3, 3))
+    if optional:
+        return None
+    raise ValueError(f"intrinsics file {path} is missing: this layout needs the 3x3 (or 4x4) camera matrix there")
 
 
 def scale_intrinsics(K: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gasp_plugin.data.readers.common import IMAGE_SUFFIXES, FileScene, read_matrix, read_pose_rows
+from gasp_plugin.data.readers.common import IMAGE_SUFFIXES, FileScene, read_intrinsics, read_pose_rows
 
 __all__ = ["HololensScene"]
 
@@ -35,5 +35,5 @@ class HololensScene(FileScene):
             raise ValueError(f"{path / 'poses.txt'} has {len(poses)} poses but {path / 'images'} has "
                              f"{len(images)} images: one pose line per image, in sorted file-name order")
         depths = [path / "depth" / f"{p.stem}.png" for p in images]
-        super().__init__(path.name, images, depths, read_matrix(path / "K.txt", (3, 3)), poses,
+        super().__init__(path.name, images, depths, read_intrinsics(path / "K.txt"), poses,
                          depth_scale=depth_scale)

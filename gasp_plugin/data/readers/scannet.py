@@ -14,9 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from gasp_plugin.data.readers.common import FileScene, read_matrix
+from gasp_plugin.data.readers.common import FileScene, read_intrinsics, read_pose_files
 
 __all__ = ["ScanNetScene"]
 
@@ -40,22 +38,10 @@ class ScanNetScene(FileScene):
                         key=_numeric_stem)
         if not colors:
             raise ValueError(f"{path / 'color'}: no .jpg/.png colour frames found")
-        K_color_file = path / "intrinsic" / "intrinsic_color.txt"
-        if not K_color_file.is_file():
-            raise ValueError(f"{K_color_file} is missing: the ScanNet layout needs the colour intrinsics")
-        K_color = read_matrix(K_color_file, (3, 3))
-        K_depth_file = path / "intrinsic" / "intrinsic_depth.txt"
-        K_depth = read_matrix(K_depth_file, (3, 3)) if K_depth_file.is_file() else None
-        poses, missing = [], []
-        for c in colors:
-            f = path / "pose" / f"{c.stem}.txt"
-            if f.is_file():
-                poses.append(read_matrix(f, (4, 4)))
-            else:
-                poses.append(np.full((4, 4), np.nan))
-                missing.append(len(poses) - 1)
+        K_color = read_intrinsics(path / "intrinsic" / "intrinsic_color.txt")
+        K_depth = read_intrinsics(path / "intrinsic" / "intrinsic_depth.txt", optional=True)
+        poses, missing = read_pose_files([path / "pose" / f"{c.stem}.txt" for c in colors])
         depths = [path / "depth" / f"{c.stem}.png" for c in colors]
-        super().__init__(path.name, colors, depths, K_color, np.stack(poses),
+        super().__init__(path.name, colors, depths, K_color, poses,
                          depth_scale=depth_scale, depth_intrinsics=K_depth)
-        for i in missing:
-            self.skipped[i] = f"missing pose file {path / 'pose' / (colors[i].stem + '.txt')}"
+        self.skipped.update(missing)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gasp_plugin.data.readers.common import FileScene, read_matrix
+from gasp_plugin.data.readers.common import FileScene, read_intrinsics, read_pose_files
 
 __all__ = ["SevenScenesScene", "SEVEN_SCENES_INTRINSICS"]
 
@@ -38,19 +38,12 @@ class SevenScenesScene(FileScene):
         if not colors:
             raise ValueError(f"{path}: no frame-NNNNNN.color.png files found")
         if intrinsics is None:
-            intrinsics = (read_matrix(path / "K.txt", (3, 3)) if (path / "K.txt").is_file()
-                          else SEVEN_SCENES_INTRINSICS)
+            intrinsics = read_intrinsics(path / "K.txt", optional=True)
+        if intrinsics is None:
+            intrinsics = SEVEN_SCENES_INTRINSICS
         stems = [c.name[: -len(".color.png")] for c in colors]
-        poses, missing = [], []
-        for i, s in enumerate(stems):
-            f = path / f"{s}.pose.txt"
-            if f.is_file():
-                poses.append(read_matrix(f, (4, 4)))
-            else:
-                poses.append(np.full((4, 4), np.nan))
-                missing.append(i)
+        poses, missing = read_pose_files([path / f"{s}.pose.txt" for s in stems])
         depths = [path / f"{s}.depth.png" for s in stems]
-        super().__init__(path.name, colors, depths, intrinsics, np.stack(poses),
+        super().__init__(path.name, colors, depths, intrinsics, poses,
                          depth_scale=depth_scale, depth_invalid=(0, 65535))
-        for i in missing:
-            self.skipped[i] = f"missing pose file {path / (stems[i] + '.pose.txt')}"
+        self.skipped.update(missing)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gasp_plugin.data.readers.common import FileScene, read_matrix, read_pose_rows
+from gasp_plugin.data.readers.common import FileScene, read_intrinsics, read_pose_rows
 
 __all__ = ["VideoScene", "VIDEO_SUFFIXES"]
 
@@ -59,7 +59,7 @@ class VideoScene(FileScene):
         if not (len(depths) == len(poses) == n):
             raise ValueError(f"{path}: {self.video_path.name} has {n} frames, depth/ has {len(depths)} "
                              f"maps and poses.txt has {len(poses)} poses: the counts must match")
-        K = read_matrix(path / "K.txt", (3, 3))
+        K = read_intrinsics(path / "K.txt")
         self._size = tuple(int(s) for s in self._decoder()[0].shape[1::-1])  # (w, h)
         super().__init__(path.name, [self.video_path] * n, depths, K, poses, depth_scale=depth_scale)
 
