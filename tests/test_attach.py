@@ -164,3 +164,72 @@ def test_bad_use_gives_clear_errors():
         attach_gasp(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2)), CFG)
     with pytest.raises(ValueError, match="out of range"):
         attach_gasp(build_tiny_model("llava", image_size=112)[0], GaspConfig(layers=[5]))
+
+
+def _lora_wrapped(model_type="qwen2_vl"):
+    from peft import LoraConfig, get_peft_model
+
+    model, processor = build_tiny_model(model_type, image_size=112)
+    handle = attach_gasp(model, CFG)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=r".*language_model\.layers\.\d+\.self_attn\.q_proj"))
+    return model, processor, handle, peft_model.train()
+
+
+def test_frozen_heads_are_an_error_until_ensure_trainable():
+    from gasp_plugin.core.attach import GaspGradientError
+
+    model, processor, handle, peft_model = _lora_wrapped()
+    assert not any(p.requires_grad for p in handle.heads.parameters())  # get_peft_model froze them
+    inputs, targets = _inputs(model, processor)
+    peft_model(**inputs)
+    with pytest.raises(GaspGradientError, match=r"handle\.ensure_trainable\(\)"):
+        handle.compute_loss(targets)
+    with torch.no_grad():  # evaluation needs no trainable heads
+        peft_model(**inputs)
+        handle.compute_loss(targets)
+    count = handle.ensure_trainable()
+    assert count == sum(p.numel() for p in handle.heads.parameters()) > 0
+    peft_model(**inputs)
+    handle.compute_loss(targets).total.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in handle.heads.parameters())
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_reentrant_checkpointing_of_the_qk_term_is_an_error(reentrant):
+    """transformers checkpoints a decoder layer's ``forward``, so the layer-output hooks sit outside
+    the checkpoint but the q/k projection hooks inside it: under re-entrant checkpointing the q/k
+    states carry no graph and the qk term would train nothing. Non-re-entrant: LoRA gets gradients."""
+    from peft import LoraConfig, get_peft_model
+
+    from gasp_plugin.core.attach import GaspGradientError
+
+    model, processor = build_tiny_model("qwen2_vl", image_size=112)
+    handle = attach_gasp(model, GaspConfig(embed_dim=16, qk_weight=1.0))
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=r".*language_model\.layers\.\d+\.self_attn\.q_proj"))
+    handle.ensure_trainable()
+    peft_model.train()
+    peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    peft_model.enable_input_require_grads()  # what PEFT / the Trainer do for re-entrant checkpointing
+    inputs, targets = _inputs(model, processor)
+    peft_model(**inputs)
+    if reentrant:
+        with pytest.raises(GaspGradientError, match="'q' state.*use_reentrant"):
+            handle.compute_loss(targets)
+        return
+    handle.compute_loss(targets).total.backward()
+    lora_b = [p.grad for n, p in peft_model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(g is not None and g.abs().sum() > 0 for g in lora_b)
+
+
+def test_a_frozen_model_is_an_error():
+    """Heads trainable but nothing in the model: GASP would train the heads only."""
+    from gasp_plugin.core.attach import GaspGradientError
+
+    model, processor = build_tiny_model("qwen2_vl", image_size=112)
+    handle = attach_gasp(model, CFG)
+    model.requires_grad_(False)
+    handle.ensure_trainable()
+    inputs, targets = _inputs(model, processor)
+    model.train()(**inputs)
+    with pytest.raises(GaspGradientError, match="'hidden' state.*no trainable"):
+        handle.compute_loss(targets)

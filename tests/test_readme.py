@@ -1,4 +1,5 @@
-"""The README's training-loop example runs as written, on a tiny model and a real synthetic clip."""
+"""The README's training-loop example runs as written, on a tiny model and a real synthetic clip, and
+trains both the heads and the LoRA weights from the GASP loss alone."""
 
 import re
 from pathlib import Path
@@ -30,7 +31,18 @@ def test_readme_loop_example_runs(tmp_path, monkeypatch):
         "lora_config": LoraConfig(r=4, target_modules=r".*language_model\.layers\.\d+\.self_attn\.(q|k)_proj"),
     }
     monkeypatch.chdir(tmp_path)
-    exec(compile(_loop_example(), str(README), "exec"), namespace)
+    code = _loop_example()
+    train, detach = code[: code.index("detach_gasp(handle)")], code[code.index("detach_gasp(handle)"):]
+    exec(compile(train, str(README), "exec"), namespace)
     assert torch.isfinite(namespace["gasp"].total) and namespace["gasp"].num_pairs > 0
+    assert "labels" not in namespace["batch"]  # the gradients below come from the GASP loss alone
+    grads = {n: p.grad for n, p in namespace["model"].named_parameters() if p.requires_grad}
+    heads = [g for n, g in grads.items() if "gasp_heads" in n]
+    lora = [g for n, g in grads.items() if "lora_" in n]
+    assert heads and all(g is not None and g.abs().sum() > 0 for g in heads)
+    # every LoRA B is zero at init, so A gets no gradient at step 0; the B matrices must get one
+    lora_b = [g for n, g in grads.items() if "lora_B" in n]
+    assert lora and lora_b and all(g is not None and g.abs().sum() > 0 for g in lora_b)
     assert (tmp_path / "gasp_heads.safetensors").is_file()
+    exec(compile(detach, str(README), "exec"), namespace)
     assert not hasattr(model, "gasp_heads")  # detached

@@ -1,16 +1,26 @@
 """Attach GASP to a transformers VLM, compute its loss after a forward, and detach it again.
 
-``attach_gasp`` registers the heads as a submodule, ``model.gasp_heads`` (so PEFT
-``modules_to_save=["gasp_heads"]`` trains and saves them and DeepSpeed partitions and all-reduces
-them with the model), and forward hooks that capture the supervised layers' visual-token spans
-(:mod:`gasp_plugin.core.capture`). Attach before ``get_peft_model`` / ``deepspeed.initialize``.
+``attach_gasp`` registers the heads as a submodule, ``model.gasp_heads`` (so DeepSpeed partitions
+and all-reduces them with the model), and forward hooks that capture the supervised layers'
+visual-token spans (:mod:`gasp_plugin.core.capture`). Attach before ``get_peft_model`` /
+``deepspeed.initialize``.
+
+**The heads are trained the same way on every path**: whatever wraps or freezes the model after
+attaching (``get_peft_model`` freezes every module it does not adapt, a freezing policy may do
+the same), call ``handle.ensure_trainable()`` afterwards. Do not list the heads in PEFT
+``modules_to_save``: they are saved on their own (``handle.save_heads`` / the trainers'
+``gasp_heads.safetensors``), so the adapter stays loadable with plain PEFT. In training mode
+``compute_loss`` refuses to run when the heads are frozen or when no captured state has a gradient
+path into the model (e.g. under re-entrant activation checkpointing), naming the fix.
 
     handle = attach_gasp(model, GaspConfig())
-    out = model(**inputs)                      # geometry batch
-    gasp = handle.compute_loss(targets)        # GaspLossOutput: total, corr, depth, per layer
-    loss = out.loss + gasp.total               # instruction batch: out.loss + handle.zero_loss()
+    model = get_peft_model(model, lora_config)   # optional
+    handle.ensure_trainable()                    # the heads train whatever froze them
+    out = model(**inputs)                        # geometry batch
+    gasp = handle.compute_loss(targets)          # GaspLossOutput: total, corr, depth, per layer
+    loss = out.loss + gasp.total                 # instruction batch: out.loss + handle.zero_loss()
     handle.save_heads("heads.safetensors")
-    detach_gasp(model)                         # plain model again: same state_dict keys, same outputs
+    detach_gasp(model)                           # plain model again: same state_dict keys, same outputs
 
 Shape notation: ``b`` batch, ``S`` captured span, ``e`` embedding size, as in
 :mod:`gasp_plugin.core.targets`.
@@ -19,6 +29,7 @@ Shape notation: ``b`` batch, ``S`` captured span, ``e`` embedding size, as in
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +37,24 @@ import torch
 from torch import nn
 
 from gasp_plugin.core.capture import VisualCapture, span_index, take_rows
-from gasp_plugin.core.config import HEADS_ATTR, GaspConfig
+from gasp_plugin.constants import HEADS_ATTR
+from gasp_plugin.core.config import GaspConfig
 from gasp_plugin.core.head import GaspHeads, gathered_params
-from gasp_plugin.core.loss import GaspLoss, GaspLossOutput
+from gasp_plugin.core.loss import GaspLoss, GaspLossOutput, connected_zero
 from gasp_plugin.core.qk import attention_heads, qk_descriptors
 from gasp_plugin.core.targets import GaspTargets
 
-__all__ = ["GaspHandle", "attach_gasp", "detach_gasp", "load_heads", "save_heads", "write_heads_file", "HEADS_ATTR"]
+__all__ = ["GaspHandle", "GaspGradientError", "attach_gasp", "detach_gasp", "load_heads", "save_heads",
+           "write_heads_file", "HEADS_ATTR"]
+
+logger = logging.getLogger(__name__)
 
 _HANDLE_ATTR = "_gasp_handle"
 _FORMAT = "gasp-heads-v1"
+
+
+class GaspGradientError(RuntimeError):
+    """A training-mode GASP loss would not train what it should (frozen heads, no path into the LLM)."""
 
 
 def _text_hidden_size(config: Any) -> int:
@@ -50,6 +69,7 @@ class GaspHandle:
         self.model, self.adapter, self.config, self.layers = model, adapter, config, layers
         self.capture = capture
         self.loss_fn = GaspLoss(config)
+        self._warned: set[str] = set()
 
     @property
     def heads_module(self) -> nn.Module:
@@ -70,6 +90,45 @@ class GaspHandle:
                 return copies[key]
         return module.original_module
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The heads' parameters (the ones an optimizer must update, at the heads' learning rate)."""
+        return list(self.heads.parameters())
+
+    def ensure_trainable(self) -> int:
+        """Make the heads trainable again after PEFT or a freezing policy froze them (call it after
+        ``get_peft_model`` / freezing, before building the optimizer); returns their parameter count."""
+        params = self.trainable_parameters()
+        for p in params:
+            p.requires_grad_(True)
+        return sum(p.numel() for p in params)
+
+    def _check_gradient_path(self, states: dict[str, dict[int, torch.Tensor]]) -> None:
+        """With autograd on (a loss to train with): heads trainable, and each captured kind (hidden,
+        q, k) attached to the model's graph in some layer (else that term trains the heads only, or
+        nothing). See the module docstring."""
+        if not torch.is_grad_enabled():
+            return  # evaluation under torch.no_grad()
+        frozen = [p for p in self.trainable_parameters() if not p.requires_grad]
+        if frozen:
+            raise GaspGradientError(
+                f"{len(frozen)} GASP head parameters are frozen (get_peft_model or a freezing policy froze "
+                "them after attach_gasp): call handle.ensure_trainable() after wrapping or freezing the model "
+                "(or compute the loss under torch.no_grad() to evaluate)"
+            )
+        for kind, per_layer in states.items():
+            detached = sorted(layer for layer, x in per_layer.items() if not x.requires_grad)
+            if detached and len(detached) == len(per_layer):
+                raise GaspGradientError(
+                    f"no captured {kind!r} state (layers {detached}) has a gradient path into the model, so GASP "
+                    "would not train it. Causes: re-entrant activation checkpointing around the layer or its "
+                    "projections (use gradient_checkpointing_kwargs={'use_reentrant': False}), or no trainable "
+                    "parameter at or below the supervised layers (LoRA target_modules / freezing)"
+                )
+            if detached and kind not in self._warned:
+                self._warned.add(kind)
+                logger.warning("GASP: %r states of layers %s have no gradient path into the model (no trainable "
+                               "parameter at or below them); their terms train the heads only", kind, detached)
+
     def _embed(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         fn = self.heads_module
         if self.config.head_checkpoint and torch.is_grad_enabled():
@@ -83,6 +142,7 @@ class GaspHandle:
         if not isinstance(targets, GaspTargets):
             raise TypeError(f"targets must be GaspTargets, got {type(targets).__name__}")
         states = self.capture.take()
+        self._check_gradient_path(states)
         start, mask = self.capture.span[0], self.capture.visual_mask
         targets = targets.to(mask.device)
         tp = targets.token_positions
@@ -120,11 +180,9 @@ class GaspHandle:
         self.capture.clear()
         heads = self.heads
         param = next(heads.parameters())
-        total = torch.zeros((), device=param.device)
         probe = torch.zeros(1, heads.d_model, device=param.device, dtype=param.dtype)
-        for layer in self.layers if not heads.config.shared_head else self.layers[:1]:
-            total = total + self.heads_module(probe, layer).float().sum() * 0.0
-        return total
+        layers = self.layers if not heads.config.shared_head else self.layers[:1]
+        return connected_zero(*(self.heads_module(probe, layer) for layer in layers))
 
     def save_heads(self, path: str | Path) -> Path:
         """Write the heads (and their config) to a safetensors file."""

@@ -24,9 +24,10 @@ Stand-alone use in a custom training loop (the handle captures and runs the head
 
     from gasp_plugin import GaspConfig, attach_gasp
     handle = attach_gasp(model, GaspConfig())
-    out = model(**batch["model_inputs"])                       # geometry batch
-    gasp = handle.compute_loss(batch["gasp_targets"])          # GaspLossOutput
-    (out.loss + gasp.total).backward()                         # or gasp.total alone
+    targets = batch.pop("gasp_targets")                        # a GeometryCollator batch
+    out = model(**batch)                                       # geometry batch
+    gasp = handle.compute_loss(targets)                        # GaspLossOutput
+    gasp.total.backward()                                      # (+ out.loss when it has labels)
 
 or directly on embeddings you computed yourself::
 
@@ -44,7 +45,7 @@ import torch.nn.functional as F
 from gasp_plugin.core.config import GaspConfig
 from gasp_plugin.core.targets import GaspTargets
 
-__all__ = ["GaspLoss", "GaspLossOutput", "PairMasks", "layer_losses"]
+__all__ = ["GaspLoss", "GaspLossOutput", "PairMasks", "layer_losses", "connected_zero"]
 
 _MASKED = -1e9  # logit of padding tokens (finite: a fully padded frame must not give NaN)
 
@@ -70,24 +71,30 @@ class GaspLossOutput:
     num_depth_pairs: int = 0
     qk: torch.Tensor | None = None
 
-    def log_dict(self, prefix: str = "gasp") -> dict[str, float]:
-        """Flat float values for a logger: total, terms, per-layer terms, pair counts."""
-        out = {
-            f"{prefix}/total": float(self.total.detach()),
-            f"{prefix}/corr": float(self.corr.detach()),
-            f"{prefix}/depth": float(self.depth.detach()),
-            f"{prefix}/pairs": float(self.num_pairs),
-        }
+    def terms(self) -> dict[str, torch.Tensor]:
+        """The terms as detached fp32 tensors, flat: ``corr``, ``depth``[, ``qk``] and
+        ``{term}/layer_{i}`` for each layer (no host sync; what loggers accumulate)."""
+        out = {"corr": self.corr, "depth": self.depth}
         if self.qk is not None:
-            out[f"{prefix}/qk"] = float(self.qk.detach())
+            out["qk"] = self.qk
         for layer, parts in self.per_layer.items():
             for term, value in parts.items():
-                out[f"{prefix}/{term}/layer_{layer}"] = float(value.detach())
+                out[f"{term}/layer_{layer}"] = value
+        return {k: v.detach().float() for k, v in out.items()}
+
+    def log_dict(self, prefix: str = "gasp") -> dict[str, float]:
+        """Flat float values for a logger: total, terms, per-layer terms, pair counts."""
+        out = {f"{prefix}/total": float(self.total.detach()), f"{prefix}/pairs": float(self.num_pairs)}
+        out.update({f"{prefix}/{k}": float(v) for k, v in self.terms().items()})
         return out
 
 
-def _connected_zero(*tensors: torch.Tensor) -> torch.Tensor:
-    return sum(t.float().sum() * 0.0 for t in tensors)
+def connected_zero(*tensors: torch.Tensor) -> torch.Tensor:
+    """An fp32 scalar zero that depends on every tensor (each gets a zero gradient): the term a
+    step without supervision adds so that every rank runs, and reduces, the same parameters."""
+    if not tensors:
+        raise ValueError("connected_zero needs at least one tensor")
+    return torch.stack([t.float().sum() * 0.0 for t in tensors]).sum()
 
 
 @dataclass(frozen=True)
@@ -153,7 +160,7 @@ def layer_losses(
     z = F.normalize(target.float(), dim=-1)
     logits = torch.einsum("bpe,btne->btpn", a, z) / tau
     logits = logits.masked_fill(~m.token_mask[:, :, None, :], _MASKED)
-    zero = _connected_zero(anchor, target)
+    zero = connected_zero(anchor, target)
 
     if m.num_pairs:
         logp = torch.log_softmax(logits, dim=-1)
