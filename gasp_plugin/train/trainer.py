@@ -1,17 +1,28 @@
 """``GaspTrainer``: the Hugging Face Trainer with GASP terms, head learning rate and head saving.
 
-``compute_loss`` = the model's LM loss + the GASP terms on geometry steps; on instruction steps the
-heads get a zero-weighted term (every rank runs the same modules each step, which ZeRO-3 needs).
-Batch metadata (``gasp_kind``, ``gasp_targets``, skip counts, trace) comes from
-:class:`gasp_plugin.train.interleave.InterleavedCollator` and is popped before the forward pass.
+:class:`GaspTrainerMixin` *delegates*, as TRL's trainers do, so whatever the Trainer it is mixed
+into does (its loss types, metrics, optimizer choices such as LoRA+ or GaLore, upstream patches
+of ``create_optimizer``) still happens:
+
+- ``compute_loss``: instruction steps call ``super().compute_loss(..., return_outputs=True)`` and
+  add a zero-weighted touch of the heads (every rank runs the same modules each step, which ZeRO-3
+  needs); geometry steps run the same parent call when the batch has ``labels`` and otherwise run
+  the forward alone (there is no LM target), then add the GASP terms.
+- ``create_optimizer``: ``super().create_optimizer()`` with the heads hidden from it, then one
+  more parameter group for the heads at ``learning_rate * head_lr_scale``.
+
+Batch metadata (:data:`gasp_plugin.train.interleave.META_KEYS` and the GASP targets) comes from
+:class:`gasp_plugin.train.interleave.InterleavedCollator` and is popped before the parent sees the
+batch. ``model_accepts_loss_kwargs`` is set False: the LM loss and the GASP terms are both
+per-micro-batch means, and the Trainer divides each by the accumulation steps.
 
 Logging: ``lm``, ``corr``, ``depth`` and per-layer terms are accumulated as detached tensors on
 the device and reduced across ranks only at logging steps (no extra synchronisation per step).
 
-Non-finite losses: if only the GASP part is NaN/inf the step keeps the model's LM loss (heads touched
-with weight 0); if there is no finite LM loss, the loss is replaced by a zero-weighted touch of every
-trainable parameter, so that micro-batch contributes a zero gradient to every parameter. Both are counted
-(``skipped_nonfinite``) and excluded from the logged losses.
+Non-finite losses: if only the GASP part is NaN/inf the step keeps the parent's LM loss (heads
+touched with weight 0); if there is no finite LM loss, the loss is replaced by a zero-weighted touch
+of every trainable parameter, so that micro-batch contributes a zero gradient to every parameter.
+Both are counted (``skipped_nonfinite``) and excluded from the logged losses.
 
 Saving: the model is saved the way the stock Trainer saves it (a PEFT adapter, or full weights),
 minus the heads, so plain transformers/PEFT load it with no gasp code; the heads go to
@@ -21,6 +32,7 @@ dict the Trainer gathers is split, so both are written once, by the main process
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter
@@ -29,12 +41,11 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
-from gasp_plugin.train.interleave import GEOMETRY
+from gasp_plugin.constants import HEADS_FILE, TARGETS_KEY
+from gasp_plugin.core.loss import connected_zero
+from gasp_plugin.train.interleave import GEOMETRY, META_KEYS
 
 __all__ = ["GaspTrainerMixin", "GaspTrainer", "HEADS_FILE", "split_head_state"]
-
-HEADS_FILE = "gasp_heads.safetensors"
-_META_KEYS = ("gasp_kind", "gasp_skipped", "gasp_skip_reasons", "gasp_trace", "gasp_targets")
 
 
 def split_head_state(state: dict, prefix: str) -> tuple[dict, dict]:
@@ -55,9 +66,17 @@ def _module_prefix(model: torch.nn.Module, module: torch.nn.Module) -> str:
     raise ValueError("the GASP heads are not a submodule of the trained model")
 
 
-def _zero_touch(params) -> torch.Tensor:
-    """A zero that depends on every parameter (gradient 0 for each)."""
-    return sum((p.sum() * 0.0 for p in params), torch.zeros(()))
+@contextlib.contextmanager
+def _hidden_from_optimizer(params):
+    """``requires_grad`` off for ``params`` inside the block (so a parent's optimizer skips them)."""
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 class GaspTrainerMixin:
@@ -74,6 +93,7 @@ class GaspTrainerMixin:
             raise ValueError("GaspTrainer needs gasp_handle=attach_gasp(model, config)")
         super().__init__(*args, **kwargs)
         self.gasp_handle = gasp_handle
+        gasp_handle.ensure_trainable()  # whatever froze the model after attach_gasp froze the heads too
         self.head_lr_scale = float(head_lr_scale)
         self.trace_dir = trace_dir
         self.model_accepts_loss_kwargs = False  # LM loss is a per-batch mean, like the GASP terms
@@ -84,13 +104,17 @@ class GaspTrainerMixin:
     # ---- loss ----------------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        meta = {k: inputs.pop(k) for k in _META_KEYS if k in inputs}
+        meta = {k: inputs.pop(k) for k in (*META_KEYS, TARGETS_KEY) if k in inputs}
         self._count_batch(meta)
-        outputs = model(**inputs)
-        lm = outputs.loss if getattr(outputs, "loss", None) is not None else None
+        geometry = meta.get("gasp_kind") == GEOMETRY
+        if geometry and "labels" not in inputs:
+            lm, outputs = None, model(**inputs)  # no LM target: the parent's loss has nothing to compute
+        else:
+            lm, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                               num_items_in_batch=num_items_in_batch)
         gasp_out = None
-        if meta.get("gasp_kind") == GEOMETRY:
-            gasp_out = self.gasp_handle.compute_loss(meta["gasp_targets"].to(self.args.device))
+        if geometry:
+            gasp_out = self.gasp_handle.compute_loss(meta[TARGETS_KEY].to(self.args.device))
             extra = gasp_out.total
         else:
             extra = self.gasp_handle.zero_loss()
@@ -113,8 +137,7 @@ class GaspTrainerMixin:
         return None, False, False
 
     def _skip_loss(self, model) -> torch.Tensor:
-        params = [p for p in model.parameters() if p.requires_grad]
-        return _zero_touch(params).to(self.args.device)
+        return connected_zero(*(p for p in model.parameters() if p.requires_grad))
 
     def _count_batch(self, meta: dict) -> None:
         kind = meta.get("gasp_kind", "instruct")
@@ -134,13 +157,7 @@ class GaspTrainerMixin:
         if lm is not None:
             values["lm"] = lm.detach().float()
         if gasp_out is not None:
-            values["corr"] = gasp_out.corr.detach().float()
-            values["depth"] = gasp_out.depth.detach().float()
-            if gasp_out.qk is not None:
-                values["qk"] = gasp_out.qk.detach().float()
-            for layer, parts in gasp_out.per_layer.items():
-                for term, value in parts.items():
-                    values[f"{term}/layer_{layer}"] = value.detach().float()
+            values.update(gasp_out.terms())
         for key, value in values.items():
             self._sums[key] = self._sums.get(key, 0.0) + value
             self._counts[key] += 1
@@ -182,30 +199,23 @@ class GaspTrainerMixin:
     # ---- optimizer -----------------------------------------------------------------------------
 
     def create_optimizer(self, model=None):
+        """The parent's optimizer (its class, groups and patches) over everything but the heads,
+        plus a heads group at ``learning_rate * head_lr_scale``."""
         if self.optimizer is not None:
             return self.optimizer
-        opt_model = self.model if model is None else model
-        head_ids = {id(p) for p in self.gasp_handle.heads.parameters()}
-        decay = set(self.get_decay_parameter_names(opt_model))
-        groups = {"heads": [], "decay": [], "no_decay": []}
-        for name, p in opt_model.named_parameters():
-            if not p.requires_grad:
-                continue
-            key = "heads" if id(p) in head_ids else "decay" if name in decay else "no_decay"
-            groups[key].append(p)
-        if not groups["heads"]:
-            raise ValueError("no trainable GASP head parameters: were the heads frozen (e.g. by PEFT)?")
-        lr, wd = self.args.learning_rate, self.args.weight_decay
-        # the model's groups first: the Trainer logs the first group's learning rate
-        param_groups = [
-            {"params": groups["decay"], "weight_decay": wd},
-            {"params": groups["no_decay"], "weight_decay": 0.0},
-            {"params": groups["heads"], "lr": lr * self.head_lr_scale, "weight_decay": wd},
-        ]
-        param_groups = [g for g in param_groups if g["params"]]
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
-        return self.optimizer
+        heads = self.gasp_handle.trainable_parameters()
+        if not any(p.requires_grad for p in heads):
+            raise ValueError("no trainable GASP head parameters: PEFT or a freezing policy froze them; call "
+                             "handle.ensure_trainable() after wrapping the model")
+        with _hidden_from_optimizer(heads):
+            optimizer = super().create_optimizer(*(() if model is None else (model,)))
+        in_groups = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        if any(id(p) in in_groups for p in heads):
+            raise RuntimeError("the parent create_optimizer put the GASP heads in its own groups")
+        optimizer.add_param_group({"params": heads, "lr": self.args.learning_rate * self.head_lr_scale,
+                                   "weight_decay": self.args.weight_decay})
+        self.optimizer = optimizer
+        return optimizer
 
     # ---- saving / loading ----------------------------------------------------------------------
 
