@@ -72,7 +72,7 @@ def test_plan_steps():
         plan_steps(max_steps=0, **{**kw, "num_instruct": 0})
 
 
-def test_qwen_check_arguments_rejects_flattening_and_lr_groups():
+def test_qwen_check_arguments_rejects_flattening_keeps_lr_groups():
     on = GaspArguments(gasp_geometry_data="/scenes")
     plain_data = types.SimpleNamespace(data_flatten=False, data_packing=False)
     plain_train = types.SimpleNamespace(mm_projector_lr=None, vision_tower_lr=None)
@@ -81,10 +81,8 @@ def test_qwen_check_arguments_rejects_flattening_and_lr_groups():
         with pytest.raises(ValueError, match=f"--{flag} True cannot be combined"):
             qwen_vl_finetune.check_arguments(on, data_args, plain_train)
         qwen_vl_finetune.check_arguments(GaspArguments(), data_args, plain_train)  # GASP off: upstream behaviour
-    for flag in ("mm_projector_lr", "vision_tower_lr"):
-        training_args = types.SimpleNamespace(**{**vars(plain_train), flag: 1e-5})
-        with pytest.raises(ValueError, match=f"--{flag} cannot be combined"):
-            qwen_vl_finetune.check_arguments(on, plain_data, training_args)
+    for flag in ("mm_projector_lr", "vision_tower_lr"):  # the mixin delegates to the script's optimizer
+        qwen_vl_finetune.check_arguments(on, plain_data, types.SimpleNamespace(**{**vars(plain_train), flag: 1e-5}))
     qwen_vl_finetune.check_arguments(on, plain_data, plain_train)
 
 
@@ -94,6 +92,8 @@ def _finetuning_args(**kw):
         stage: str = "sft"
         use_dft_loss: bool = False
         use_galore: bool = False
+        galore_layerwise: bool = False
+        use_badam: bool = False
         loraplus_lr_ratio: float = None
 
         def __post_init__(self):  # shadows GaspArguments.__post_init__, like upstream's
@@ -107,8 +107,10 @@ def test_llamafactory_check_arguments():
     on = dict(gasp_geometry_data="/scenes")
     llamafactory.check_arguments(model_args, data_args, _finetuning_args(**on))
     llamafactory.check_arguments(model_args, data_args, _finetuning_args(stage="dpo"))  # off: nothing checked
-    cases = [(dict(stage="dpo"), "stage: sft only"), (dict(use_dft_loss=True), "use_dft_loss cannot"),
-             (dict(use_galore=True), "use_galore cannot"), (dict(loraplus_lr_ratio=16.0), "loraplus_lr_ratio"),
+    for composes in (dict(use_dft_loss=True), dict(use_galore=True), dict(loraplus_lr_ratio=16.0)):
+        llamafactory.check_arguments(model_args, data_args, _finetuning_args(**on, **composes))
+    cases = [(dict(stage="dpo"), "stage: sft only"), (dict(use_badam=True), "use_badam cannot"),
+             (dict(use_galore=True, galore_layerwise=True), "galore_layerwise cannot"),
              (dict(gasp_ratio=3.0), "--gasp_ratio must be")]
     for extra, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -4,18 +4,17 @@ A patched training script does four things, each one call here:
 
     handle = attach(model, gasp_args)                   # None when --gasp_geometry_data is unset
     ...  get_peft_model(model, ...) / freezing ...
-    unfreeze_heads(handle)                              # PEFT and freezing froze the heads
+    unfreeze_heads(handle)                              # handle.ensure_trainable(), None-safe
     train_dataset, collator = interleave(train_dataset, collator, handle, processor,
                                          training_args, gasp_args)
     trainer = make_trainer(TheirTrainer, handle, gasp_args, model=model, args=training_args, ...)
 
 Without ``--gasp_geometry_data`` every call is a no-op and the script trains as before.
 
-The heads are *not* listed in PEFT ``modules_to_save``: :class:`gasp_plugin.GaspTrainerMixin`
-saves them on their own (``gasp_heads.safetensors``) and removes them from the state dict the
-adapter is written from, so the adapter loads with plain PEFT; PEFT's ``save_pretrained`` cannot
-write a ``modules_to_save`` entry whose weights were removed. :func:`unfreeze_heads` makes them
-trainable instead.
+The heads follow the one rule of :mod:`gasp_plugin.core.attach`: not in PEFT ``modules_to_save``,
+made trainable by ``handle.ensure_trainable()`` after the script wrapped or froze the model, and
+saved on their own by :class:`gasp_plugin.GaspTrainerMixin` (``gasp_heads.safetensors``), so the
+adapter loads with plain PEFT.
 
 Epochs: with GASP, a geometry step takes the place of an instruction step, so when the script
 gives ``num_train_epochs`` rather than ``max_steps``, :func:`interleave` sets ``max_steps`` to
@@ -89,25 +88,37 @@ class GaspArguments:
         return [p.strip() for p in (self.gasp_geometry_data or "").split(",") if p.strip()]
 
     def validate_gasp(self) -> None:
-        """Raise ValueError naming the ``--gasp_*`` argument, what is allowed and what was given."""
+        """Raise ValueError naming the ``--gasp_*`` argument, what is allowed and what was given.
+
+        The clip settings and the ratio are checked by the same code as a recipe's
+        (:class:`gasp_plugin.data.ClipSampling`, :func:`gasp_plugin.data.clips.check_geometry_ratio`)."""
+        from gasp_plugin.data.clips import check_geometry_ratio
+
+        check_geometry_ratio(self.gasp_ratio, "--gasp_ratio")
+        self.gasp_clip_sampling()
         checks = [
-            ("gasp_ratio", 0.0 <= self.gasp_ratio <= 1.0, "a number in [0, 1]"),
             ("gasp_embed_dim", self.gasp_embed_dim >= 1, "an int >= 1"),
             ("gasp_tau", self.gasp_tau > 0, "a number > 0"),
             ("gasp_corr_weight", self.gasp_corr_weight >= 0, "a number >= 0"),
             ("gasp_depth_weight", self.gasp_depth_weight >= 0, "a number >= 0"),
             ("gasp_qk_weight", self.gasp_qk_weight >= 0, "a number >= 0"),
             ("gasp_head_lr_scale", self.gasp_head_lr_scale > 0, "a number > 0"),
-            ("gasp_min_frames", self.gasp_min_frames >= 2, "an int >= 2"),
-            ("gasp_max_frames", self.gasp_max_frames >= self.gasp_min_frames, f"an int >= gasp_min_frames ({self.gasp_min_frames})"),
-            ("gasp_window", self.gasp_window >= 1, "an int >= 1"),
-            ("gasp_grid", self.gasp_grid >= 1, "an int >= 1"),
-            ("gasp_keep", 0.0 < self.gasp_keep <= 1.0, "a number in (0, 1]"),
         ]
         for name, ok, allowed in checks:
             if not ok:
                 raise ValueError(f"--{name} must be {allowed}; got {getattr(self, name)!r}")
         parse_layers(self.gasp_layers)
+
+    def gasp_clip_sampling(self):
+        """The :class:`gasp_plugin.data.ClipSampling` of ``--gasp_{min_frames,max_frames,window,grid,keep}``."""
+        from gasp_plugin.data.clips import ClipSampling
+
+        try:
+            return ClipSampling(min_frames=self.gasp_min_frames, max_frames=self.gasp_max_frames,
+                                window=self.gasp_window, grid=self.gasp_grid, keep=self.gasp_keep)
+        except ValueError as err:
+            field_name = getattr(err, "field", "")
+            raise ValueError(str(err).replace(f"ClipSampling.{field_name}", f"--gasp_{field_name}")) from err
 
     def gasp_config(self):
         """The :class:`gasp_plugin.GaspConfig` these arguments describe."""
@@ -150,13 +161,9 @@ def attach(model, args: GaspArguments):
 
 
 def unfreeze_heads(handle) -> int:
-    """Make the heads trainable again after PEFT or a freezing policy; returns their parameter count."""
-    if handle is None:
-        return 0
-    params = list(handle.heads.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    return sum(p.numel() for p in params)
+    """``handle.ensure_trainable()`` (0 when GASP is off): the patches call it after the script's
+    PEFT wrapping / freezing."""
+    return 0 if handle is None else handle.ensure_trainable()
 
 
 def plan_steps(*, max_steps: int, num_train_epochs: float, num_instruct: int, world_size: int,
@@ -188,8 +195,7 @@ def geometry_source(args: GaspArguments, processor, adapter, seed: int) -> Calla
     from gasp_plugin.data import ClipSampler
     from gasp_plugin.train.assemble import geometry_examples, open_scenes
 
-    sampler = ClipSampler(open_scenes(args.gasp_scene_paths()), num_frames=(args.gasp_min_frames, args.gasp_max_frames),
-                          window=args.gasp_window, grid=args.gasp_grid, keep=args.gasp_keep, seed=seed)
+    sampler = ClipSampler(open_scenes(args.gasp_scene_paths()), args.gasp_clip_sampling(), seed=seed)
     return geometry_examples(sampler, processor, adapter)
 
 
@@ -203,31 +209,6 @@ def _instruct_source(dataset) -> Callable[[int], Any]:
             raise BadSample(f"instruction sample {index}: {type(err).__name__}: {err}") from err
 
     return source
-
-
-def _forward_keys(model) -> frozenset[str] | None:
-    """Named parameters of the (unwrapped) model's forward; None if it takes ``**kwargs`` only."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    params = inspect.signature(base.forward).parameters
-    named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    return frozenset(named) or None
-
-
-class _KeepKeys:
-    """Collate with ``collate``, then keep ``keys`` (and the GASP targets) only."""
-
-    def __init__(self, collate: Callable[[list], dict], keys: frozenset[str] | None):
-        self.collate, self.keys = collate, keys
-
-    def __call__(self, examples: list) -> dict:
-        from gasp_plugin.core.batch import TARGETS_KEY
-
-        batch = self.collate(examples)
-        if self.keys is None:
-            return batch
-        return {k: v for k, v in batch.items() if k in self.keys or k == TARGETS_KEY}
 
 
 @dataclass
@@ -254,7 +235,7 @@ def interleave(train_dataset, data_collator, handle, processor, training_args, a
         return train_dataset, data_collator
     from gasp_plugin.core.batch import GeometryCollator
     from gasp_plugin.train.interleave import (GEOMETRY, INSTRUCT, InterleavedCollator, InterleavedDataset,
-                                              InterleavePlan, PermutedSource)
+                                              InterleavePlan, KeepForwardKeys, PermutedSource, forward_keys)
 
     args.validate_gasp()
     if not hasattr(train_dataset, "__len__") or not hasattr(train_dataset, "__getitem__"):
@@ -275,7 +256,7 @@ def interleave(train_dataset, data_collator, handle, processor, training_args, a
     sources = {GEOMETRY: geometry_source(args, processor, handle.adapter, ta.seed)}
     if n > 0:
         sources[INSTRUCT] = PermutedSource(_instruct_source(train_dataset), n, ta.seed)
-    geometry_collator = _KeepKeys(GeometryCollator(processor), _forward_keys(handle.model))
+    geometry_collator = KeepForwardKeys(GeometryCollator(processor), forward_keys(handle.model))
     collator = InterleavedCollator({GEOMETRY: geometry_collator, INSTRUCT: data_collator})
     return InterleavedDataset(plan, sources), TrainEvalCollator(collator, data_collator)
 

@@ -21,9 +21,12 @@ from gasp_plugin.integrations.common import GaspArguments, attach, interleave, m
 
 __all__ = ["GaspArguments", "check_arguments", "attach_model", "interleave_data", "make_trainer"]
 
-# FinetuningArguments options whose loss or optimizer GaspTrainerMixin would bypass
-_BYPASSED = ("use_dft_loss", "use_asft_loss", "use_eaft_loss", "use_badam", "use_galore", "use_apollo",
-             "use_adam_mini", "use_muon")
+# FinetuningArguments options whose optimizer does not step an extra parameter group: BAdam switches
+# the trainable block itself, layer-wise GaLore / APOLLO step per-parameter optimizers from hooks
+# and hand the Trainer a dummy one. Everything else (its loss types, LoRA+, GaLore, APOLLO,
+# Adam-mini, Muon) composes: GaspTrainerMixin delegates compute_loss and create_optimizer to
+# LLaMA-Factory's trainer and adds the heads' group to the optimizer it built.
+_NO_EXTRA_GROUP = ("use_badam", "galore_layerwise", "apollo_layerwise")
 
 
 def check_arguments(model_args, data_args, finetuning_args) -> None:
@@ -35,13 +38,10 @@ def check_arguments(model_args, data_args, finetuning_args) -> None:
         raise ValueError(f"gasp_geometry_data is supported in stage: sft only; got stage: {finetuning_args.stage}")
     if getattr(data_args, "streaming", False):
         raise ValueError("gasp_geometry_data needs a map-style dataset: set streaming: false")
-    on = [name for name in _BYPASSED if getattr(finetuning_args, name, False)]
+    on = [name for name in _NO_EXTRA_GROUP if getattr(finetuning_args, name, False)]
     if on:
-        raise ValueError(f"{', '.join(on)} cannot be combined with gasp_geometry_data: the GASP trainer computes "
-                         "the LM loss and builds the optimizer (with a head learning-rate group) itself")
-    if getattr(finetuning_args, "loraplus_lr_ratio", None) is not None:
-        raise ValueError("loraplus_lr_ratio cannot be combined with gasp_geometry_data: the GASP trainer builds "
-                         "the optimizer itself; unset loraplus_lr_ratio")
+        raise ValueError(f"{', '.join(on)} cannot be combined with gasp_geometry_data: that optimizer never steps "
+                         "the GASP heads' parameter group; turn it off or use plain GaLore/APOLLO/LoRA+")
     if getattr(model_args, "use_unsloth", False) or getattr(model_args, "use_kt", False):
         raise ValueError("gasp_geometry_data supports the transformers model path only: set use_unsloth: false "
                          "and use_kt: false")

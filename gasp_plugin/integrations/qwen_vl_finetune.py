@@ -12,6 +12,9 @@ The patch adds :class:`GaspArguments` to the script's ``HfArgumentParser`` and t
 
 The script's own ``safe_save_model_for_hf_trainer`` goes through ``trainer._save``, which the
 GASP mixin overrides: the model or adapter is written without the heads, the heads beside it.
+``--mm_projector_lr`` / ``--vision_tower_lr`` keep working: the script replaces
+``Trainer.create_optimizer`` to build those groups, and the mixin delegates to it and only adds
+the heads' group.
 """
 
 from __future__ import annotations
@@ -26,11 +29,6 @@ def check_arguments(gasp_args: GaspArguments, data_args, training_args) -> None:
     gasp_args.validate_gasp()
     if not gasp_args.gasp_enabled:
         return
-    for flag in ("mm_projector_lr", "vision_tower_lr"):
-        if getattr(training_args, flag, None):
-            raise ValueError(
-                f"--{flag} cannot be combined with --gasp_geometry_data: the GASP trainer builds its own "
-                "optimizer groups (model, heads at --gasp_head_lr_scale) and would ignore it. Leave it unset.")
     for flag in ("data_flatten", "data_packing"):
         if getattr(data_args, flag, False):
             raise ValueError(
