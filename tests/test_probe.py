@@ -63,7 +63,7 @@ class OneHotHeads(torch.nn.Module):
 
     layers = [0, 1]
 
-    def embed(self, layer, hidden):  # [..., n, d] -> [..., n, n]
+    def forward(self, hidden, layer):  # [..., n, d] -> [..., n, n]
         n = hidden.shape[-2]
         return torch.eye(n).expand(*hidden.shape[:-2], n, n)
 
@@ -247,7 +247,7 @@ def test_model_from_recipe_before_and_after_training(tmp_path):
     assert "trained model" in pm.source and pm.heads_path == out / "gasp_heads.safetensors"
     heads = load_probe_heads(pm.model, pm.heads_path, pm.gasp_config)
     x = torch.randn(3, 64)
-    torch.testing.assert_close(heads.embed(1, x), trained.embed(1, x))
+    torch.testing.assert_close(heads(x, 1), trained(x, 1))
     with pytest.raises(ValueError, match="recipe that trained it"):
         load_probe_heads(pm.model, pm.heads_path)
     # the output folder itself, with the recipe training writes beside the model
@@ -262,7 +262,7 @@ def test_model_from_recipe_before_and_after_training(tmp_path):
     assert held_out([tmp_path / "b"], [tmp_path / "a"]) is True
     assert held_out([tmp_path / "b"], None) is None
     heads = load_probe_heads(pm.model, pm.heads_path, pm.gasp_config)
-    torch.testing.assert_close(heads.embed(0, x), trained.embed(0, x))
+    torch.testing.assert_close(heads(x, 0), trained(x, 0))
 
 
 def test_probe_cli_with_heads_on_a_synthetic_scene(tmp_path, capsys, caplog):

@@ -95,10 +95,6 @@ class GaspHeads(nn.Module):
         """``[..., d] -> [..., e]`` with the head of ``layer``."""
         return self.head_for(layer)(x)
 
-    def embed(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
-        """Same as ``self(hidden, layer)``."""
-        return self(hidden, layer)
-
     def init_from_q(self, q_weights: dict[int, nn.Parameter]) -> None:
         """SVD init from each layer's q_proj weight (the middle layer's for a shared head)."""
         if self.config.shared_head:

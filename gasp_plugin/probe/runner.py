@@ -37,7 +37,7 @@ __all__ = ["run_probe"]
 
 def _head_embed(heads, layer: int, hidden: torch.Tensor) -> torch.Tensor:
     param = next(iter(heads.parameters()), None)
-    return heads.embed(layer, hidden if param is None else hidden.to(param.dtype))
+    return heads(hidden if param is None else hidden.to(param.dtype), layer)
 
 
 def _to_device(inputs: dict, device, dtype) -> dict:
@@ -196,7 +196,7 @@ def run_probe(
         model, processor: a supported VLM (see :func:`gasp_plugin.models.registry.get_adapter`)
             and its processor.
         scenes: the held-out :class:`~gasp_plugin.data.scene.Scene` list ``pairs`` refers to.
-        heads: GASP heads (``heads.embed(layer, hidden)``) to add the ``head`` descriptor.
+        heads: GASP heads (``heads(hidden, layer)``) to add the ``head`` descriptor.
         pairs: pre-selected pairs; by default :func:`select_pairs` with ``max_gap``,
             ``pairs_per_gap`` and ``grid``.
         layers: decoder layer indices to probe (default: all).
