@@ -5,23 +5,28 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+# HEADS_ATTR: attribute of the model under which :func:`gasp_plugin.core.attach.attach_gasp`
+# registers the heads. They are not listed in PEFT ``modules_to_save``: the handle makes them
+# trainable (``handle.ensure_trainable()``) and they are saved on their own, beside the adapter.
+from gasp_plugin.constants import HEADS_ATTR
+
 __all__ = ["GaspConfig", "HEADS_ATTR"]
 
-#: attribute of the model under which :func:`gasp_plugin.core.attach.attach_gasp` registers the heads
-#: (list it in PEFT ``modules_to_save`` to train and save them with the adapter)
-HEADS_ATTR = "gasp_heads"
-
 _INITS = ("svd_q", "random")
-_NEGATIVES = ("frame",)
 
 
 def _fail(name: str, allowed: str, value: Any) -> None:
-    raise ValueError(f"GaspConfig.{name} must be {allowed}, got {value!r}")
+    err = ValueError(f"GaspConfig.{name} must be {allowed}, got {value!r}")
+    err.field = name  # a recipe names the key path (gasp.<name>), see gasp_plugin.recipe.schema
+    raise err
 
 
 @dataclass
 class GaspConfig:
     """Configuration of the GASP heads and losses (defaults follow the paper where it gives them).
+
+    Negatives of the correspondence term are the other visual tokens of the target frame: local to
+    the example, nothing is gathered across ranks.
 
     Attributes:
         layers: supervised decoder layers: ``"all"``, a list of indices (negative counts from the
@@ -38,15 +43,13 @@ class GaspConfig:
             matches, which the head on hidden states reaches only indirectly.
         shared_head: one head for all supervised layers instead of one per layer.
         init: ``"svd_q"`` (first layer from the SVD of the layer's q_proj weight) or ``"random"``.
-        negatives: ``"frame"``: negatives are the other visual tokens of the target frame (local to
-            the example; no cross-rank gathering).
         depth_eps: epsilon in ``|d - d_hat| / (d + d_hat + eps)``.
         head_checkpoint: recompute the heads in backward instead of storing their activations
             (saves memory, costs one extra head forward).
         seed: seed of the heads' random initialisation.
     """
 
-    layers: Any = "all"
+    layers: str | list[int] = "all"  # a range or tuple is accepted too (stored as a list)
     embed_dim: int = 256
     hidden_mult: int = 2
     tau: float = 0.07
@@ -55,7 +58,6 @@ class GaspConfig:
     qk_weight: float = 0.0
     shared_head: bool = False
     init: str = "svd_q"
-    negatives: str = "frame"
     depth_eps: float = 1e-6
     head_checkpoint: bool = False
     seed: int = 0
@@ -86,8 +88,6 @@ class GaspConfig:
             _fail("depth_eps", "a number >= 0", self.depth_eps)
         if self.init not in _INITS:
             _fail("init", f"one of {list(_INITS)}", self.init)
-        if self.negatives not in _NEGATIVES:
-            _fail("negatives", f"one of {list(_NEGATIVES)}", self.negatives)
         for name in ("shared_head", "head_checkpoint"):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, "True or False", getattr(self, name))
