@@ -4,7 +4,7 @@ Conventions: OpenCV camera axes (x right, y down, z forward); poses are camera-t
 (``world_from_cam``); depth is z in metres; pixel centres at integer coordinates (pixel ``(u, v)``
 covers ``[u - 0.5, u + 0.5)``). Details in :mod:`gasp_plugin.geometry.camera`.
 
-The functions load lazily, so the ``gasp`` command line can import ``gasp_plugin.geometry.cli``
+The functions load lazily, so the ``gasp`` command line can import ``gasp_plugin.data.tracks_cli``
 without importing torch.
 """
 
