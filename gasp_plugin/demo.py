@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 __all__ = ["DemoConfig", "run_demo", "add_arguments", "run", "DEMO_RECIPE", "format_summary"]
@@ -76,7 +76,7 @@ class DemoConfig:
 
 
 def _recipe(cfg: DemoConfig, name: str, extra: list[str]):
-    from gasp_plugin.train.recipe import load_recipe
+    from gasp_plugin.recipe import load_recipe
 
     overrides = [f"training.output_dir={Path(cfg.out) / name}"]
     if cfg.steps is not None:
@@ -86,12 +86,12 @@ def _recipe(cfg: DemoConfig, name: str, extra: list[str]):
 
 def _heldout_scenes(cfg: DemoConfig, recipe) -> Path:
     """Synthetic scenes from seeds the training run never uses, moving as the training ones do."""
-    from gasp_plugin.data.synthetic import SyntheticSceneConfig, generate_scenes
+    from gasp_plugin.data.synthetic import generate_scenes
 
     synth = recipe.data.geometry.synthetic
     if synth is None:
         raise ValueError(f"{recipe.source}: the demo needs data.geometry.synthetic to make held-out scenes")
-    scene_cfg = SyntheticSceneConfig.from_dict({**synth.config, "num_frames": cfg.heldout_frames})
+    scene_cfg = replace(synth.config, num_frames=cfg.heldout_frames)
     seed = synth.seed + HELDOUT_SEED_OFFSET
     train_seeds = range(synth.seed, synth.seed + synth.count)
     if any(s in train_seeds for s in range(seed, seed + cfg.heldout_scenes)):
@@ -172,7 +172,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from gasp_plugin.probe.loading import open_scenes
     from gasp_plugin.probe.pairs import select_pairs
     from gasp_plugin.probe.plots import plot_conditions
-    from gasp_plugin.train.launch import resolve_model_path
+    from gasp_plugin.train.assemble import resolve_model_path
 
     t0 = time.perf_counter()
     out = Path(cfg.out)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from gasp_plugin.data import ClipSampler, ClipSamplingError, load_clip
+from gasp_plugin.data import ClipSampler, ClipSampling, ClipSamplingError, load_clip
 from gasp_plugin.data.render import look_at
 from gasp_plugin.data.synthetic import SyntheticScene, SyntheticSceneConfig, make_synthetic_scene, write_scene
 
@@ -30,8 +30,9 @@ def test_load_clip_keeps_order_and_anchor(scenes):
 
 
 def test_sampler_is_deterministic_and_follows_the_window(scenes):
-    a = ClipSampler(scenes, num_frames=(4, 8), window=5, grid=6, seed=3)
-    b = ClipSampler(scenes, num_frames=(4, 8), window=5, grid=6, seed=3)
+    sampling = ClipSampling(min_frames=4, max_frames=8, window=5, grid=6)
+    a = ClipSampler(scenes, sampling, seed=3)
+    b = ClipSampler(scenes, sampling, seed=3)
     lengths = set()
     for index in range(12):
         (ca, ta), (cb, tb) = a.sample(index), b.sample(index)
@@ -44,12 +45,12 @@ def test_sampler_is_deterministic_and_follows_the_window(scenes):
         lengths.add(len(ids))
     assert len(lengths) > 1
     assert a.stats["accepted"] == 12
-    c = ClipSampler(scenes, num_frames=(4, 8), window=5, grid=6, seed=4)
+    c = ClipSampler(scenes, sampling, seed=4)
     assert [c.sample(i)[0].frame_ids for i in range(6)] != [a.sample(i)[0].frame_ids for i in range(6)]
 
 
 def test_sampler_as_dataset(scenes):
-    sampler = ClipSampler(scenes, num_frames=(3, 3), window=4, epoch_size=5)
+    sampler = ClipSampler(scenes, ClipSampling(min_frames=3, max_frames=3, window=4), epoch_size=5)
     loader = torch.utils.data.DataLoader(sampler, batch_size=None, shuffle=False)
     assert len(sampler) == 5 and sum(1 for _ in loader) == 5
 
@@ -65,11 +66,11 @@ def facing_away_scene():
 
 def test_sampler_rejects_clips_seen_nowhere_and_counts_them(scenes):
     bad = facing_away_scene()
-    only_bad = ClipSampler([bad], num_frames=(2, 2), window=1, max_tries=5, min_visible=0.05)
+    only_bad = ClipSampler([bad], ClipSampling(min_frames=2, max_frames=2, window=1), max_tries=5, min_visible=0.05)
     with pytest.raises(ClipSamplingError, match="no acceptable clip in 5 tries"):
         only_bad.sample(0)
     assert only_bad.stats["rejected_low_visibility"] == 5
-    mixed = ClipSampler([bad, scenes[0]], num_frames=(2, 2), window=1, seed=0)
+    mixed = ClipSampler([bad, scenes[0]], ClipSampling(min_frames=2, max_frames=2, window=1), seed=0)
     for index in range(10):
         clip, tracks = mixed.sample(index)
         assert clip.scene == scenes[0].name
@@ -83,7 +84,7 @@ def test_sampler_skips_unreadable_frames(tmp_path, scenes):
     for i in (1, 2, 3):
         (path / "images" / f"{i:05d}.png").write_bytes(b"broken")
     scene = open_scene(path)
-    sampler = ClipSampler([scene], num_frames=(2, 2), window=5, grid=4, min_visible=0.0, seed=1)
+    sampler = ClipSampler([scene], ClipSampling(min_frames=2, max_frames=2, window=5, grid=4), min_visible=0.0, seed=1)
     for index in range(8):
         clip, _ = sampler.sample(index)
         assert not set(clip.frame_ids) & {1, 2, 3}
@@ -92,9 +93,46 @@ def test_sampler_skips_unreadable_frames(tmp_path, scenes):
 
 
 def test_sampler_argument_errors(scenes):
-    with pytest.raises(ValueError, match="num_frames"):
-        ClipSampler(scenes, num_frames=(1, 4))
     with pytest.raises(ValueError, match="scenes is empty"):
         ClipSampler([])
-    with pytest.raises(ValueError, match="invalid keep"):
-        ClipSampler(scenes, keep=0)
+    with pytest.raises(TypeError, match="sampling must be a ClipSampling"):
+        ClipSampler(scenes, {"min_frames": 2})
+    with pytest.raises(ValueError, match=r"ClipSampler.min_visible must be a number in \[0, 1\]; got 1.5"):
+        ClipSampler(scenes, min_visible=1.5)
+    for name in ("max_tries", "epoch_size"):
+        with pytest.raises(ValueError, match=rf"ClipSampler.{name} must be an int >= 1; got 0"):
+            ClipSampler(scenes, **{name: 0})
+
+
+def test_clip_sampling_defaults_are_the_papers():
+    s = ClipSampling()
+    assert (s.min_frames, s.max_frames, s.window, s.grid, s.keep) == (8, 24, 48, 8, 0.5)
+    assert s.num_frames == (8, 24)
+    with pytest.raises(AttributeError):
+        s.window = 3  # frozen
+
+
+@pytest.mark.parametrize("kwargs, field, allowed", [
+    ({"min_frames": 1}, "min_frames", "an int >= 2; got 1"),
+    ({"min_frames": 2.5}, "min_frames", "an int >= 2; got 2.5"),
+    ({"min_frames": 6, "max_frames": 5}, "max_frames", r"an int >= min_frames \(6\); got 5"),
+    ({"window": 0}, "window", "an int >= 1; got 0"),
+    ({"grid": 0}, "grid", "an int >= 1; got 0"),
+    ({"keep": 0}, "keep", r"a number in \(0, 1\]; got 0"),
+    ({"keep": 1.5}, "keep", r"a number in \(0, 1\]; got 1.5"),
+    ({"keep": True}, "keep", r"a number in \(0, 1\]; got True"),
+])
+def test_clip_sampling_errors_name_field_range_and_value(kwargs, field, allowed):
+    with pytest.raises(ValueError, match=rf"ClipSampling.{field} must be {allowed}") as info:
+        ClipSampling(**kwargs)
+    assert info.value.field == field  # a recipe error names data.geometry.<field>
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.01, "0.5", None, True])
+def test_geometry_ratio_check(value):
+    from gasp_plugin.data import check_geometry_ratio
+
+    with pytest.raises(ValueError, match=r"--gasp_ratio must be a number in \[0, 1\]; got ") as info:
+        check_geometry_ratio(value, "--gasp_ratio")
+    assert info.value.field == "gasp_ratio"
+    assert check_geometry_ratio(1) == 1.0 and check_geometry_ratio(0.25) == 0.25

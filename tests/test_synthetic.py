@@ -44,12 +44,21 @@ def test_deterministic_from_seed(scene):
 
 
 @pytest.mark.parametrize("field, value", [("height", 8), ("num_frames", 1), ("speed_deg", -1.0),
-                                          ("num_boxes", (5, 2)), ("supersample", 0), ("orbit", 0.95)])
+                                          ("num_boxes", (5, 2)), ("supersample", 0), ("orbit", 0.95),
+                                          ("height", 64.0), ("fov_deg", "wide"), ("room_size", (6.0, 5.0)),
+                                          ("num_boxes", (1.5, 3)), ("box_side", (0.5,)), ("camera_height", None),
+                                          ("roll_deg", True)])
 def test_config_validation_names_the_field(field, value):
-    with pytest.raises(ValueError, match=rf"SyntheticSceneConfig.{field}: expected .*got {re.escape(repr(value))}"):
+    with pytest.raises(ValueError, match=rf"SyntheticSceneConfig.{field}: expected .*got {re.escape(repr(value))}") as info:
         SyntheticSceneConfig(**{field: value})
-    with pytest.raises(ValueError, match="unknown field"):
-        SyntheticSceneConfig.from_dict({"hieght": 3})
+    assert info.value.field == field  # a recipe error names data.geometry.synthetic.config.<field>
+
+
+def test_misspelt_config_key_in_a_recipe_names_the_key_path():
+    from gasp_plugin.recipe import RecipeError, load_recipe
+
+    with pytest.raises(RecipeError, match=r"unknown key 'data\.geometry\.synthetic\.config\.hieght' in .*tiny_cpu\.yaml"):
+        load_recipe("tiny_cpu", ["data.geometry.synthetic.config.hieght=3"])
 
 
 def world_points(scene, i):

@@ -7,7 +7,7 @@ from gasp_plugin.core.config import GaspConfig
 from gasp_plugin.models.registry import get_adapter
 from gasp_plugin.models.tiny import build_tiny_model
 from gasp_plugin.train.assemble import apply_lora
-from gasp_plugin.train.recipe import load_recipe
+from gasp_plugin.recipe import load_recipe
 
 
 def _trainable(model):

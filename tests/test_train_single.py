@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from gasp_plugin.train.launch import resolve_attention, train
-from gasp_plugin.train.recipe import load_recipe
+from gasp_plugin.recipe import load_recipe
+from gasp_plugin.train.assemble import resolve_attention
+from gasp_plugin.train.launch import train
 
 
 def test_model_path_not_local_says_what_to_do(tmp_path, monkeypatch):

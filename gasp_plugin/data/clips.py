@@ -1,5 +1,7 @@
 """Clips: loading frames of a scene, and sampling training clips with their tracks.
 
+:class:`ClipSampling` holds (and validates, once) how clips are drawn; :func:`check_geometry_ratio`
+validates the share of geometry steps, wherever it is set (recipe, ``--gasp_ratio``, plan).
 Sampling follows the paper: an anchor frame, then ``F - 1`` other frames drawn uniformly without
 replacement from the valid frames within ``[anchor - window, anchor + window]``, ``F`` drawn
 uniformly from ``num_frames``. Rows are in temporal order; ``clip.anchor`` is the anchor's row.
@@ -13,16 +15,76 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from gasp_plugin.data.scene import Clip, Scene
 
-__all__ = ["load_clip", "ClipSampler", "ClipSamplingError"]
+__all__ = ["load_clip", "ClipSampling", "ClipSampler", "ClipSamplingError", "check_geometry_ratio"]
 
 
 class ClipSamplingError(RuntimeError):
     """No acceptable clip could be drawn within the allowed number of tries."""
+
+
+def _invalid(name: str, allowed: str, value: Any, field: str | None = None) -> ValueError:
+    """``ValueError("<name> must be <allowed>; got <value>")``; its ``field`` attribute names the
+    setting, so a recipe error can name the key path (see :mod:`gasp_plugin.recipe.schema`)."""
+    err = ValueError(f"{name} must be {allowed}; got {value!r}")
+    err.field = field or name.rpartition(".")[2]
+    return err
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_geometry_ratio(value: Any, name: str = "geometry_ratio") -> float:
+    """``value`` as a float if it is a share of geometry steps in ``[0, 1]``, else a ValueError
+    naming ``name`` (e.g. ``"--gasp_ratio"``), the allowed range and the value."""
+    if not _is_number(value) or not 0.0 <= value <= 1.0:
+        raise _invalid(name, "a number in [0, 1]", value, field=name.lstrip("-"))
+    return float(value)
+
+
+@dataclass(frozen=True)
+class ClipSampling:
+    """How training clips are drawn; the defaults are the paper's.
+
+    Attributes:
+        min_frames, max_frames: the clip length ``F`` is drawn uniformly from
+            ``[min_frames, max_frames]`` (paper: 8..24).
+        window: the other frames come from ``[anchor - window, anchor + window]`` (paper: 48).
+        grid: query points per side on the anchor frame (paper: 8).
+        keep: the better-tracked fraction of queries kept (paper: 0.5).
+    """
+
+    min_frames: int = 8
+    max_frames: int = 24
+    window: int = 48
+    grid: int = 8
+    keep: float = 0.5
+
+    def __post_init__(self):
+        if not _is_int(self.min_frames) or self.min_frames < 2:
+            raise _invalid("ClipSampling.min_frames", "an int >= 2", self.min_frames)
+        if not _is_int(self.max_frames) or self.max_frames < self.min_frames:
+            raise _invalid("ClipSampling.max_frames", f"an int >= min_frames ({self.min_frames})", self.max_frames)
+        for name in ("window", "grid"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise _invalid(f"ClipSampling.{name}", "an int >= 1", getattr(self, name))
+        if not _is_number(self.keep) or not 0.0 < self.keep <= 1.0:
+            raise _invalid("ClipSampling.keep", "a number in (0, 1]", self.keep)
+
+    @property
+    def num_frames(self) -> tuple[int, int]:
+        """``(min_frames, max_frames)``."""
+        return self.min_frames, self.max_frames
 
 
 def load_clip(scene: Scene, frame_ids: list[int], anchor_row: int = 0) -> Clip:
@@ -59,9 +121,7 @@ class ClipSampler:
 
     Args:
         scenes: the scenes to draw from (each scene equally likely).
-        num_frames: ``(min, max)`` clip length ``F``, inclusive (paper: (8, 24)).
-        window: other frames come from ``[anchor - window, anchor + window]`` (paper: 48).
-        grid: query grid per side; keep: best-tracked fraction kept (paper: 0.5).
+        sampling: clip length, window, query grid and kept fraction (:class:`ClipSampling`).
         min_visible: reject clips whose mean visible fraction of anchor points over the other
             frames is below this, or that have no query with valid anchor depth.
         margin, depth_tolerance: visibility test, see :mod:`gasp_plugin.geometry.tracks`.
@@ -70,27 +130,23 @@ class ClipSampler:
         epoch_size: ``len(sampler)``, so it can serve as a map-style dataset.
     """
 
-    def __init__(self, scenes: list[Scene], num_frames: tuple[int, int] = (8, 24), window: int = 48,
-                 grid: int = 8, keep: float = 0.5, min_visible: float = 0.05, margin: float = 4.0,
-                 depth_tolerance: float = 0.05, max_tries: int = 20, seed: int = 0,
-                 epoch_size: int = 1000):
+    def __init__(self, scenes: list[Scene], sampling: ClipSampling = ClipSampling(), *,
+                 min_visible: float = 0.05, margin: float = 4.0, depth_tolerance: float = 0.05,
+                 max_tries: int = 20, seed: int = 0, epoch_size: int = 1000):
         scenes = list(scenes)
         if not scenes:
             raise ValueError("ClipSampler: scenes is empty")
-        lo, hi = num_frames
-        if not 2 <= lo <= hi:
-            raise ValueError(f"ClipSampler: num_frames must be (min, max) with 2 <= min <= max, got {num_frames}")
-        for name, value, ok in (("window", window, window >= 1), ("keep", keep, 0 < keep <= 1),
-                                ("min_visible", min_visible, 0 <= min_visible <= 1),
-                                ("max_tries", max_tries, max_tries >= 1),
-                                ("epoch_size", epoch_size, epoch_size >= 1)):
-            if not ok:
-                raise ValueError(f"ClipSampler: invalid {name}={value!r}")
+        if not isinstance(sampling, ClipSampling):
+            raise TypeError(f"ClipSampler: sampling must be a ClipSampling, got {type(sampling).__name__}")
+        if not _is_number(min_visible) or not 0 <= min_visible <= 1:
+            raise _invalid("ClipSampler.min_visible", "a number in [0, 1]", min_visible)
+        for name, value in (("max_tries", max_tries), ("epoch_size", epoch_size)):
+            if not _is_int(value) or value < 1:
+                raise _invalid(f"ClipSampler.{name}", "an int >= 1", value)
         usable = [s for s in scenes if len(s.valid_frames) >= 2]
         if not usable:
             raise ValueError(f"ClipSampler: no scene has 2 or more valid frames: {scenes}")
-        self.scenes, self.num_frames, self.window = usable, (lo, hi), window
-        self.grid, self.keep, self.min_visible = grid, keep, min_visible
+        self.scenes, self.sampling, self.min_visible = usable, sampling, min_visible
         self.margin, self.depth_tolerance = margin, depth_tolerance
         self.max_tries, self.seed, self.epoch_size = max_tries, seed, epoch_size
         self.stats: Counter = Counter()
@@ -107,8 +163,8 @@ class ClipSampler:
         s = int(rng.integers(len(self.scenes)))
         valid = np.asarray(self.scenes[s].valid_frames)
         anchor = int(valid[rng.integers(len(valid))])
-        near = valid[(np.abs(valid - anchor) <= self.window) & (valid != anchor)]
-        f = int(rng.integers(self.num_frames[0], self.num_frames[1] + 1))
+        near = valid[(np.abs(valid - anchor) <= self.sampling.window) & (valid != anchor)]
+        f = int(rng.integers(self.sampling.min_frames, self.sampling.max_frames + 1))
         others = rng.choice(near, size=min(f - 1, len(near)), replace=False) if len(near) else []
         ids = sorted([anchor, *(int(i) for i in others)])
         return _Draw(scene=s, frame_ids=ids, anchor_row=ids.index(anchor))
@@ -130,13 +186,13 @@ class ClipSampler:
                 self.stats["skipped_unreadable"] += 1
                 self.errors.append(str(exc))
                 continue
-            tracks = tracks_for_clip(clip, grid=self.grid, keep=1.0, margin=self.margin,
+            tracks = tracks_for_clip(clip, grid=self.sampling.grid, keep=1.0, margin=self.margin,
                                      depth_tolerance=self.depth_tolerance)
             if tracks.num_points == 0 or _others_visible(tracks) < self.min_visible:
                 self.stats["rejected_low_visibility"] += 1
                 continue
             self.stats["accepted"] += 1
-            return clip, tracks.keep_best(self.keep)
+            return clip, tracks.keep_best(self.sampling.keep)
         raise ClipSamplingError(
             f"ClipSampler: no acceptable clip in {self.max_tries} tries for index {index} "
             f"(stats so far: {dict(self.stats)}); lower min_visible or window, or check the scenes")

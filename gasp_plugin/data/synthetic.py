@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,24 +70,30 @@ class SyntheticSceneConfig:
 
     def __post_init__(self):
         def bad(name, allowed):
-            raise ValueError(f"SyntheticSceneConfig.{name}: expected {allowed}, got {getattr(self, name)!r}")
+            err = ValueError(f"SyntheticSceneConfig.{name}: expected {allowed}, got {getattr(self, name)!r}")
+            err.field = name  # a recipe names the key path, see gasp_plugin.recipe.schema
+            raise err
 
         for name in ("height", "width"):
-            if not isinstance(getattr(self, name), int) or not 16 <= getattr(self, name) <= 4096:
+            if not _is_int(getattr(self, name)) or not 16 <= getattr(self, name) <= 4096:
                 bad(name, "an integer in [16, 4096]")
-        if not isinstance(self.num_frames, int) or self.num_frames < 2:
+        if not _is_int(self.num_frames) or self.num_frames < 2:
             bad("num_frames", "an integer >= 2")
+        for name in ("fov_deg", "room_jitter", "speed_deg", "orbit", "roll_deg"):
+            if not _is_number(getattr(self, name)):
+                bad(name, "a number")
         if not 10 <= self.fov_deg <= 150:
             bad("fov_deg", "degrees in [10, 150]")
-        if len(self.room_size) != 3 or min(self.room_size) < 2.0:
+        if not _is_numbers(self.room_size, 3) or min(self.room_size) < 2.0:
             bad("room_size", "three sizes of at least 2 m")
         if not 0 <= self.room_jitter < 0.5:
             bad("room_jitter", "a fraction in [0, 0.5)")
         for name, lo_min in (("num_boxes", 0), ("box_side", 0.05), ("box_height", 0.05),
                              ("camera_height", 0.3)):
-            lo, hi = getattr(self, name)
-            if not lo_min <= lo <= hi:
-                bad(name, f"a range (lo, hi) with {lo_min} <= lo <= hi")
+            value = getattr(self, name)
+            ints = name == "num_boxes"
+            if not _is_numbers(value, 2, ints) or not lo_min <= value[0] <= value[1]:
+                bad(name, f"a range ({'ints ' if ints else ''}lo, hi) with {lo_min} <= lo <= hi")
         if self.camera_height[1] > self.room_size[2] * (1 - self.room_jitter) - 0.3:
             bad("camera_height", "heights at least 0.3 m below the lowest possible ceiling")
         if not 0 <= self.speed_deg <= 45:
@@ -96,16 +102,22 @@ class SyntheticSceneConfig:
             bad("orbit", "a fraction of the half room size in [0.1, 0.85]")
         if not 0 <= self.roll_deg <= 45:
             bad("roll_deg", "degrees in [0, 45]")
-        if not isinstance(self.supersample, int) or not 1 <= self.supersample <= 4:
+        if not _is_int(self.supersample) or not 1 <= self.supersample <= 4:
             bad("supersample", "an integer in [1, 4]")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "SyntheticSceneConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"SyntheticSceneConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_numbers(value, length: int, ints: bool = False) -> bool:
+    """``value`` is a tuple or list of ``length`` numbers (ints when ``ints``)."""
+    check = _is_int if ints else _is_number
+    return isinstance(value, (tuple, list)) and len(value) == length and all(check(v) for v in value)
 
 
 class SyntheticScene(Scene):

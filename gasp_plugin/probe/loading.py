@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gasp_plugin.constants import HEADS_FILE, RECIPE_FILE, TINY_PREFIX
+
 __all__ = ["ProbeModel", "load_probe_model", "load_probe_heads", "open_scenes", "held_out"]
 
 _log = logging.getLogger(__name__)
-_TINY = "tiny:"
-_HEADS_FILE = "gasp_heads.safetensors"  # the file training writes beside the saved model
-_RECIPE_FILE = "gasp_recipe.yaml"  # the resolved recipe training writes beside it
 
 
 @dataclass
@@ -97,16 +96,16 @@ def _is_checkpoint(path: Path) -> bool:
 
 
 def _load_from_recipe(spec: str) -> ProbeModel:
-    from gasp_plugin.train.recipe import load_recipe
+    from gasp_plugin.recipe import load_recipe
 
-    recipe = load_recipe(spec, validate_gasp=False)  # validated below only when heads need it
+    recipe = load_recipe(spec)
     name = Path(spec).stem
     out = Path(recipe.training.output_dir)
     if _is_checkpoint(out):
         pm = load_probe_model(out)
-        heads = out / _HEADS_FILE
+        heads = out / HEADS_FILE
         return ProbeModel(pm.model, pm.processor, name, heads if heads.is_file() else None,
-                          recipe.gasp_config(), f"trained model of {spec} in {out}", _training_scenes(recipe))
+                          recipe.gasp, f"trained model of {spec} in {out}", _training_scenes(recipe))
     m = recipe.model
     if m.tiny_type:
         from gasp_plugin.models.tiny import build_tiny_model
@@ -122,10 +121,10 @@ def load_probe_model(spec: str | Path) -> ProbeModel:
     """Resolve a ``--model`` value (see the module docstring); the model is in eval mode."""
     spec_s = str(spec)
     path = Path(spec_s)
-    if spec_s.startswith(_TINY):
+    if spec_s.startswith(TINY_PREFIX):
         from gasp_plugin.models.tiny import build_tiny_model
 
-        model, processor = build_tiny_model(spec_s[len(_TINY):])
+        model, processor = build_tiny_model(spec_s[len(TINY_PREFIX):])
         pm = ProbeModel(model, processor, spec_s, source="tiny random model")
     elif path.is_dir() and (path / "adapter_config.json").exists():
         pm = ProbeModel(*_load_peft(path), path.name, source=f"PEFT adapter {path} merged into its base")
@@ -138,13 +137,13 @@ def load_probe_model(spec: str | Path) -> ProbeModel:
             f"--model {spec_s!r}: expected a checkpoint folder (with config.json), a PEFT adapter "
             "folder (with adapter_config.json), a recipe YAML, or tiny:<model_type>"
         )
-    if path.is_dir() and pm.heads_path is None and (path / _HEADS_FILE).is_file():
-        pm.heads_path = path / _HEADS_FILE
-        if (path / _RECIPE_FILE).is_file():
-            from gasp_plugin.train.recipe import load_recipe
+    if path.is_dir() and pm.heads_path is None and (path / HEADS_FILE).is_file():
+        pm.heads_path = path / HEADS_FILE
+        if (path / RECIPE_FILE).is_file():
+            from gasp_plugin.recipe import load_recipe
 
-            recipe = load_recipe(path / _RECIPE_FILE, validate_gasp=False)
-            pm.gasp_config, pm.training_scenes = recipe.gasp_config(), _training_scenes(recipe)
+            recipe = load_recipe(path / RECIPE_FILE)
+            pm.gasp_config, pm.training_scenes = recipe.gasp, _training_scenes(recipe)
     pm.model.eval()
     return pm
 

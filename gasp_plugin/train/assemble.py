@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["ensure_once", "build_run", "Run", "training_arguments", "apply_lora", "open_scenes", "geometry_examples"]
+__all__ = ["ensure_once", "build_run", "Run", "training_arguments", "apply_lora", "open_scenes", "geometry_examples",
+           "resolve_attention", "resolve_dtype", "resolve_model_path"]
 
 logger = logging.getLogger("gasp_plugin.train")
 _READY = ".gasp_ready"
@@ -38,6 +39,52 @@ def ensure_once(target: Path, is_main: bool, make: Callable[[Path], Any], timeou
             raise TimeoutError(f"waited {timeout_s:.0f} s for the main process to create {target}")
         time.sleep(0.5)
     return target
+
+
+def resolve_attention(requested: str) -> str:
+    """``flash_attention_2`` only with flash-attn and CUDA; otherwise sdpa with a warning."""
+    if requested not in ("auto", "flash_attention_2"):
+        return requested
+    import importlib.util
+
+    import torch
+
+    have_flash = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+    if have_flash:
+        return "flash_attention_2"
+    if requested == "flash_attention_2":
+        logger.warning("flash_attention_2 requested but flash-attn/CUDA is not available: using sdpa")
+    return "sdpa"
+
+
+def resolve_dtype(recipe):
+    """The torch dtype of ``model.dtype``; ``auto`` follows ``training.bf16`` / ``training.fp16``."""
+    import torch
+
+    name = recipe.model.dtype
+    if name == "auto":
+        name = "bfloat16" if recipe.training.bf16 else "float16" if recipe.training.fp16 else "float32"
+    return getattr(torch, name)
+
+
+def resolve_model_path(recipe, output_dir: Path, is_main: bool = True) -> Path:
+    """The local model folder a recipe trains: its model.path, or a tiny model built once there."""
+    tiny = recipe.model.tiny_type
+    if tiny is None:
+        path = Path(recipe.model.path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model.path={recipe.model.path!r} in {recipe.source} is not a local checkpoint folder "
+                "(no config.json). Download the weights first (e.g. `huggingface-cli download "
+                "Qwen/Qwen2.5-VL-7B-Instruct --local-dir DIR`) and set model.path=DIR, or try the "
+                "pipeline on a tiny model: gasp train --recipe tiny_cpu"
+            )
+        return path
+    from gasp_plugin.models.tiny import save_tiny_model
+
+    t = recipe.model.tiny
+    target = Path(t.dir) if t.dir else output_dir / "tiny-model"
+    return ensure_once(target, is_main, lambda out: save_tiny_model(tiny, out, **t.sizes()))
 
 
 def training_arguments(recipe, deepspeed_json: str | None, progress: bool):
@@ -99,16 +146,15 @@ def _geometry_source(recipe, processor, adapter, output_dir: Path, is_main: bool
     g = recipe.data.geometry
     paths = list(g.scenes)
     if g.synthetic is not None:
-        from gasp_plugin.data.synthetic import SyntheticSceneConfig, generate_scenes
+        from gasp_plugin.data.synthetic import generate_scenes
 
-        cfg = SyntheticSceneConfig(**g.synthetic.config)
+        cfg = g.synthetic.config
         folder = Path(g.synthetic.dir) if g.synthetic.dir else output_dir / "data" / "scenes"
         ensure_once(folder, is_main, lambda out: generate_scenes(out, g.synthetic.count, g.synthetic.seed, cfg))
         paths.append(str(folder))
     if not paths:
         return None
-    sampler = ClipSampler(open_scenes(paths), num_frames=(g.min_frames, g.max_frames), window=g.window,
-                          grid=g.grid, keep=g.keep, seed=recipe.training.seed)
+    sampler = ClipSampler(open_scenes(paths), g.sampling, seed=recipe.training.seed)
     return geometry_examples(sampler, processor, adapter)
 
 
@@ -192,7 +238,6 @@ def build_run(recipe, *, deepspeed_json, progress) -> Run:
     from gasp_plugin.models.registry import get_adapter
     from gasp_plugin.train.interleave import (GEOMETRY, INSTRUCT, InterleavedCollator, InterleavedDataset,
                                               InterleavePlan)
-    from gasp_plugin.train.launch import resolve_attention, resolve_dtype, resolve_model_path
     from gasp_plugin.train.trainer import GaspTrainer
 
     output_dir = Path(recipe.training.output_dir)
@@ -219,7 +264,7 @@ def build_run(recipe, *, deepspeed_json, progress) -> Run:
                 setattr(ip, key, getattr(recipe.model, key))
     adapter = get_adapter(model)
     forward_keys = frozenset(inspect.signature(model.forward).parameters)
-    handle = attach_gasp(model, recipe.gasp_config())
+    handle = attach_gasp(model, recipe.gasp)
     model = apply_lora(model, recipe, handle.heads, adapter)
 
     geometry = _geometry_source(recipe, processor, adapter, output_dir, is_main)

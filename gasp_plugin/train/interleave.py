@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from gasp_plugin.data.clips import check_geometry_ratio
 from gasp_plugin.data.instruct import BadSample
 
 __all__ = [
@@ -63,8 +64,7 @@ def step_uniform(seed: int, steps: np.ndarray | int, salt: int = 0) -> np.ndarra
 
 def step_kinds(seed: int, geometry_ratio: float, num_steps: int) -> np.ndarray:
     """``bool [num_steps]``: True where step ``k`` is a geometry step (probability ``geometry_ratio``)."""
-    if not 0.0 <= geometry_ratio <= 1.0:
-        raise ValueError(f"geometry_ratio must be in [0, 1]; got {geometry_ratio!r}")
+    check_geometry_ratio(geometry_ratio)
     return step_uniform(seed, np.arange(num_steps, dtype=np.uint64)) < geometry_ratio
 
 
@@ -82,8 +82,7 @@ class InterleavePlan:
         for name in ("world_size", "batch_size", "num_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)!r}")
-        if not 0.0 <= self.geometry_ratio <= 1.0:
-            raise ValueError(f"geometry_ratio must be in [0, 1]; got {self.geometry_ratio!r}")
+        check_geometry_ratio(self.geometry_ratio)
 
     @property
     def _counts(self) -> tuple[np.ndarray, np.ndarray]:

@@ -23,8 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["TrainResult", "train", "add_arguments", "run", "main", "resolve_attention", "resolve_dtype",
-           "resolve_model_path"]
+__all__ = ["TrainResult", "train", "add_arguments", "run", "main"]
 
 logger = logging.getLogger("gasp_plugin.train")
 DEFAULT_RECIPE = "tiny_cpu"
@@ -82,31 +81,6 @@ def _single_process_env() -> None:
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
 
 
-def resolve_attention(requested: str) -> str:
-    """``flash_attention_2`` only with flash-attn and CUDA; otherwise sdpa with a warning."""
-    if requested not in ("auto", "flash_attention_2"):
-        return requested
-    import importlib.util
-
-    import torch
-
-    have_flash = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
-    if have_flash:
-        return "flash_attention_2"
-    if requested == "flash_attention_2":
-        logger.warning("flash_attention_2 requested but flash-attn/CUDA is not available: using sdpa")
-    return "sdpa"
-
-
-def resolve_dtype(recipe):
-    import torch
-
-    name = recipe.model.dtype
-    if name == "auto":
-        name = "bfloat16" if recipe.training.bf16 else "float16" if recipe.training.fp16 else "float32"
-    return getattr(torch, name)
-
-
 def _resolve_deepspeed(recipe) -> str | None:
     value = recipe.training.deepspeed
     if not value:
@@ -117,28 +91,6 @@ def _resolve_deepspeed(recipe) -> str | None:
     raise FileNotFoundError(f"training.deepspeed={value!r} in {recipe.source}: no such file")
 
 
-def resolve_model_path(recipe, output_dir: Path, is_main: bool = True) -> Path:
-    """The local model folder a recipe trains: its model.path, or a tiny model built once there."""
-    from gasp_plugin.train.assemble import ensure_once
-
-    tiny = recipe.model.tiny_type
-    if tiny is None:
-        path = Path(recipe.model.path)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"model.path={recipe.model.path!r} in {recipe.source} is not a local checkpoint folder "
-                "(no config.json). Download the weights first (e.g. `huggingface-cli download "
-                "Qwen/Qwen2.5-VL-7B-Instruct --local-dir DIR`) and set model.path=DIR, or try the "
-                "pipeline on a tiny model: gasp train --recipe tiny_cpu"
-            )
-        return path
-    from gasp_plugin.models.tiny import save_tiny_model
-
-    t = recipe.model.tiny
-    target = Path(t.dir) if t.dir else output_dir / "tiny-model"
-    return ensure_once(target, is_main, lambda out: save_tiny_model(tiny, out, **t.sizes()))
-
-
 # ---- the run -----------------------------------------------------------------------------------
 
 
@@ -146,7 +98,7 @@ def train(recipe, overrides: list[str] | None = None, *, progress: bool = True) 
     """Run a recipe (a path, a shipped name or a loaded :class:`Recipe`) and return the result."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from gasp_plugin.train.recipe import Recipe, load_recipe, recipe_to_dict
+    from gasp_plugin.recipe import Recipe, load_recipe, recipe_to_dict
     from gasp_plugin.train.assemble import build_run
 
     if not isinstance(recipe, Recipe):

@@ -3,7 +3,9 @@
 A recipe is a tree of dataclasses. :func:`build` walks a mapping against a dataclass's fields,
 checks each value's type against the field annotation, recurses into nested dataclasses, and
 turns every problem (unknown key, wrong type, a ``__post_init__`` ValueError) into one
-:class:`RecipeError` that says which key, in which file, and what is allowed.
+:class:`RecipeError` that says which key, in which file, and what is allowed. A ``__post_init__``
+error with a ``field`` attribute (the validated dataclasses of this package set it) names that
+field, so the error names the full key path (``data.geometry.min_frames``), not only its section.
 """
 
 from __future__ import annotations
@@ -42,7 +44,13 @@ def _convert(tp: Any, value: Any, path: str, source: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        for arg in typing.get_args(tp):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):  # its own error names the inner key
+            return _convert(inner[0], value, path, source)
+        for arg in args:
             try:
                 return _convert(arg, value, path, source)
             except RecipeError:
@@ -130,7 +138,14 @@ def build(cls: type, mapping: Any, *, source: str = "<recipe>", path: str = "") 
     except RecipeError:
         raise
     except (ValueError, TypeError) as err:
-        raise RecipeError(f"{_where(path, source)}: {err}") from err
+        raise RecipeError(f"{_where(_field_path(path, getattr(err, 'field', None), fields), source)}: {err}") from err
+
+
+def _field_path(path: str, name: Any, fields: dict) -> str:
+    """``path.name`` when ``name`` is one of the dataclass's fields, else ``path``."""
+    if name not in fields:
+        return path
+    return f"{path}.{name}" if path else name
 
 
 def to_dict(obj: Any) -> Any:

@@ -10,6 +10,11 @@ Example::
 
     recipe = load_recipe("recipes/tiny_cpu.yaml", ["training.max_steps=10"])
     recipe.training.learning_rate  # 1e-3
+
+Sections owned by a lower layer are that layer's own validated dataclasses: ``gasp`` is a
+:class:`~gasp_plugin.core.config.GaspConfig`, ``data.geometry.synthetic.config`` a
+:class:`~gasp_plugin.data.synthetic.SyntheticSceneConfig`, and ``data.geometry``'s clip keys are
+checked by :class:`~gasp_plugin.data.clips.ClipSampling`, so every setting is validated once.
 """
 
 from __future__ import annotations
@@ -21,7 +26,11 @@ from typing import Any
 
 import yaml
 
-from gasp_plugin.train.schema import RecipeError, build, set_by_path, to_dict
+from gasp_plugin.constants import TINY_PREFIX
+from gasp_plugin.core.config import GaspConfig
+from gasp_plugin.data.clips import ClipSampling, check_geometry_ratio
+from gasp_plugin.data.synthetic import SyntheticSceneConfig
+from gasp_plugin.recipe.schema import RecipeError, build, set_by_path, to_dict
 
 __all__ = [
     "Recipe",
@@ -40,10 +49,8 @@ __all__ = [
     "recipe_to_dict",
     "shipped_recipes",
     "resolve_recipe_path",
-    "TINY_PREFIX",
 ]
 
-TINY_PREFIX = "tiny:"  # model.path "tiny:qwen2_vl" = build a tiny random model from a config
 ATTN_CHOICES = ("auto", "flash_attention_2", "sdpa", "eager")
 DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")
 SCHEDULER_CHOICES = (
@@ -51,14 +58,21 @@ SCHEDULER_CHOICES = (
 )
 
 
+def _invalid(name: str, message: str) -> ValueError:
+    """A ValueError whose ``field`` names the key, so the RecipeError names the full key path."""
+    err = ValueError(message)
+    err.field = name
+    return err
+
+
 def _choice(name: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+        raise _invalid(name, f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
 
 
 def _at_least(name: str, value: float, low: float) -> None:
     if value < low:
-        raise ValueError(f"{name} must be >= {low}; got {value!r}")
+        raise _invalid(name, f"{name} must be >= {low}; got {value!r}")
 
 
 @dataclass
@@ -76,14 +90,13 @@ class TinyModelRecipe:
     def __post_init__(self):
         for name in ("hidden_size", "num_layers", "num_heads", "vision_depth", "image_size"):
             _at_least(name, getattr(self, name), 1)
+        if self.hidden_size % self.num_heads:
+            raise _invalid("hidden_size", f"hidden_size must be a multiple of num_heads ({self.num_heads}); "
+                                          f"got {self.hidden_size}")
 
     def sizes(self) -> dict:
         """Keyword arguments of ``gasp_plugin.models.tiny.save_tiny_model`` / ``build_tiny_model``."""
         return {k: v for k, v in asdict(self).items() if k != "dir"}
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
-            )
 
 
 @dataclass
@@ -101,11 +114,11 @@ class ModelRecipe:
 
     def __post_init__(self):
         if not self.path:
-            raise ValueError("path is required: a local checkpoint folder or tiny:<model_type>")
+            raise _invalid("path", "path is required: a local checkpoint folder or tiny:<model_type>")
         _choice("attn_implementation", self.attn_implementation, ATTN_CHOICES)
         _choice("dtype", self.dtype, DTYPE_CHOICES)
         if not isinstance(self.train_vision, bool):
-            raise ValueError(f"train_vision must be true or false; got {self.train_vision!r}")
+            raise _invalid("train_vision", f"train_vision must be true or false; got {self.train_vision!r}")
 
     @property
     def tiny_type(self) -> str | None:
@@ -126,11 +139,11 @@ class LoraRecipe:
         _at_least("r", self.r, 1)
         _at_least("alpha", self.alpha, 1)
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1); got {self.dropout!r}")
+            raise _invalid("dropout", f"dropout must be in [0, 1); got {self.dropout!r}")
         try:
             re.compile(self.target)
         except re.error as err:
-            raise ValueError(f"target is not a valid regex ({err}); got {self.target!r}") from err
+            raise _invalid("target", f"target is not a valid regex ({err}); got {self.target!r}") from err
 
 
 @dataclass
@@ -140,30 +153,35 @@ class SyntheticScenesRecipe:
     count: int = 4
     seed: int = 0
     dir: str | None = None  # default <output_dir>/data/scenes
-    config: dict[str, Any] = field(default_factory=dict)  # SyntheticSceneConfig fields
+    config: SyntheticSceneConfig = field(default_factory=SyntheticSceneConfig)
 
     def __post_init__(self):
         _at_least("count", self.count, 1)
 
 
+_SAMPLING = ClipSampling()
+
+
 @dataclass
 class GeometryDataRecipe:
+    """Geometry clips: the scenes, and how clips are drawn (the :class:`ClipSampling` fields)."""
+
     scenes: list[str] = field(default_factory=list)  # scene folders, or folders of scene folders
     synthetic: SyntheticScenesRecipe | None = None
-    min_frames: int = 8  # paper: clips of 8..24 frames
-    max_frames: int = 24
-    window: int = 48  # frames drawn from [anchor - window, anchor + window] (paper: 48)
-    grid: int = 8  # query grid per side on the anchor frame
-    keep: float = 0.5  # keep the better-tracked fraction of queries (paper: 0.5)
+    min_frames: int = _SAMPLING.min_frames  # paper: clips of 8..24 frames
+    max_frames: int = _SAMPLING.max_frames
+    window: int = _SAMPLING.window  # frames drawn from [anchor - window, anchor + window] (paper: 48)
+    grid: int = _SAMPLING.grid  # query grid per side on the anchor frame
+    keep: float = _SAMPLING.keep  # keep the better-tracked fraction of queries (paper: 0.5)
 
     def __post_init__(self):
-        _at_least("min_frames", self.min_frames, 2)
-        if self.max_frames < self.min_frames:
-            raise ValueError(f"max_frames ({self.max_frames}) must be >= min_frames ({self.min_frames})")
-        _at_least("window", self.window, 1)
-        _at_least("grid", self.grid, 1)
-        if not 0.0 < self.keep <= 1.0:
-            raise ValueError(f"keep must be in (0, 1]; got {self.keep!r}")
+        _ = self.sampling  # ClipSampling validates the clip keys
+
+    @property
+    def sampling(self) -> ClipSampling:
+        """The clip keys as a :class:`ClipSampling` (what ``ClipSampler`` takes)."""
+        return ClipSampling(min_frames=self.min_frames, max_frames=self.max_frames, window=self.window,
+                            grid=self.grid, keep=self.keep)
 
 
 @dataclass
@@ -198,8 +216,7 @@ class DataRecipe:
     geometry_ratio: float = 0.5  # fraction of global steps that are geometry steps
 
     def __post_init__(self):
-        if not 0.0 <= self.geometry_ratio <= 1.0:
-            raise ValueError(f"geometry_ratio must be in [0, 1]; got {self.geometry_ratio!r}")
+        check_geometry_ratio(self.geometry_ratio)
 
 
 @dataclass
@@ -234,18 +251,15 @@ class TrainingRecipe:
         for name in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
                      "logging_steps", "save_steps"):
             _at_least(name, getattr(self, name), 1)
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0; got {self.learning_rate!r}")
-        if self.head_lr_scale <= 0:
-            raise ValueError(f"head_lr_scale must be > 0; got {self.head_lr_scale!r}")
+        for name in ("learning_rate", "head_lr_scale", "max_grad_norm"):
+            if getattr(self, name) <= 0:
+                raise _invalid(name, f"{name} must be > 0; got {getattr(self, name)!r}")
         _choice("lr_scheduler_type", self.lr_scheduler_type, SCHEDULER_CHOICES)
         if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"warmup_ratio must be in [0, 1); got {self.warmup_ratio!r}")
+            raise _invalid("warmup_ratio", f"warmup_ratio must be in [0, 1); got {self.warmup_ratio!r}")
         _at_least("weight_decay", self.weight_decay, 0.0)
-        if self.max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm must be > 0; got {self.max_grad_norm!r}")
         if self.bf16 and self.fp16:
-            raise ValueError("bf16 and fp16 cannot both be true")
+            raise _invalid("fp16", "bf16 and fp16 cannot both be true")
         _at_least("dataloader_num_workers", self.dataloader_num_workers, 0)
 
 
@@ -253,16 +267,10 @@ class TrainingRecipe:
 class Recipe:
     model: ModelRecipe
     lora: LoraRecipe = field(default_factory=LoraRecipe)
-    gasp: dict[str, Any] = field(default_factory=dict)  # GaspConfig fields (gasp_plugin.core.config)
+    gasp: GaspConfig = field(default_factory=GaspConfig)
     data: DataRecipe = field(default_factory=DataRecipe)
     training: TrainingRecipe = field(default_factory=TrainingRecipe)
     source: str = field(default="<recipe>", compare=False)  # the file it came from
-
-    def gasp_config(self):
-        """The validated :class:`gasp_plugin.core.config.GaspConfig` for ``gasp:``."""
-        from gasp_plugin.core.config import GaspConfig
-
-        return build(GaspConfig, dict(self.gasp), source=self.source, path="gasp")
 
 
 def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
@@ -305,7 +313,7 @@ def resolve_recipe_path(name_or_path: str | Path) -> Path:
     raise RecipeError(f"recipe {str(name_or_path)!r} not found: give a YAML file path or a shipped name ({known})")
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None, *, validate_gasp: bool = True) -> Recipe:
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe YAML; see the module docstring."""
     path = resolve_recipe_path(path)
     source = str(path)
@@ -323,8 +331,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, *, validat
         raise RecipeError(f"unknown key 'source' in {source}")
     recipe = build(Recipe, raw, source=source)
     recipe.source = source
-    if validate_gasp:
-        recipe.gasp_config()
     return recipe
 
 
