@@ -238,6 +238,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gasp_plugin.train.launch import setup_process
+
+    setup_process()  # offline hub and log lines, as `gasp train` has them
     cfg = DemoConfig(
         out=args.out, recipe=args.recipe, steps=args.steps, heldout_scenes=args.heldout_scenes,
         max_gap=args.max_gap, pairs_per_gap=args.pairs_per_gap, real=not args.no_real,

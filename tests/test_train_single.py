@@ -1,11 +1,83 @@
-"""In-process training pieces: non-finite losses skipped and counted, clear errors for bad recipes."""
+"""In-process training pieces: non-finite losses skipped and counted, clear errors for bad recipes,
+and a library call that leaves the process (environment, logging) as it found it."""
+
+import contextlib
+import logging
+import os
+from unittest import mock
 
 import pytest
 import torch
 
 from gasp_plugin.recipe import load_recipe
 from gasp_plugin.train.assemble import resolve_attention
-from gasp_plugin.train.launch import train
+from gasp_plugin.train.launch import setup_process, train
+
+SMALL = [
+    "training.max_steps=1", "model.tiny.hidden_size=64", "model.tiny.num_layers=2", "model.tiny.image_size=112",
+    "gasp.embed_dim=16", "model.train_vision=false", "data.geometry.synthetic.count=1",
+    "data.geometry.synthetic.config={height: 112, width: 112, num_frames: 12}",
+    "data.geometry.min_frames=3", "data.geometry.max_frames=3", "data.instruct.synthetic.count=4",
+]
+
+
+@contextlib.contextmanager
+def bare_root_logger():
+    """The root logger without pytest's capture handlers (as in a plain process), restored after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    root.handlers = []
+    try:
+        yield root
+    finally:
+        root.handlers, root.level = handlers, level
+
+
+# what `gasp train` sets up for its process (setup_process); train() itself sets none of them
+PROCESS_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                "MASTER_PORT")
+
+
+def test_train_in_process_leaves_environment_and_logging_alone(tmp_path, monkeypatch):
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # the hub's offline mode was read at import
+        monkeypatch.delenv(name, raising=False)
+    env = dict(os.environ)
+    with bare_root_logger() as root:
+        level = root.level
+        result = train("tiny_cpu", [f"training.output_dir={tmp_path}", *SMALL], progress=False)
+        assert root.handlers == [] and root.level == level
+    assert result.final_step == 1
+    # (torch and deepspeed add variables of their own when first imported: not compared)
+    assert {k: os.environ.get(k) for k in env} == env
+    assert {k: os.environ.get(k) for k in PROCESS_VARS} == {k: env.get(k) for k in PROCESS_VARS}
+
+
+def test_deepspeed_in_process_without_distributed_env_says_call_setup_process(tmp_path, monkeypatch):
+    import gasp_plugin.train.assemble as assemble
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(assemble, "build_run", lambda *a, **k: pytest.fail("reached build_run"))
+    env = dict(os.environ)
+    with pytest.raises(RuntimeError, match=r"WORLD_SIZE is not set.*setup_process\(deepspeed=True\)"):
+        train("tiny_cpu", [f"training.output_dir={tmp_path}", "training.deepspeed=ds_zero2.json"])
+    assert dict(os.environ) == env
+
+
+def test_setup_process_sets_what_the_command_line_needs():
+    before = dict(os.environ)
+    with mock.patch.dict(os.environ), bare_root_logger() as root:  # both restored after
+        for name in PROCESS_VARS:
+            os.environ.pop(name, None)
+        setup_process(local_rank=1)
+        assert len(root.handlers) == 1 and root.level == logging.INFO
+        assert (os.environ["HF_HUB_OFFLINE"], os.environ["TRANSFORMERS_OFFLINE"], os.environ["LOCAL_RANK"]) == ("1", "1", "1")
+        assert "WORLD_SIZE" not in os.environ
+        setup_process(deepspeed=True)
+        assert len(root.handlers) == 1
+        assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["MASTER_ADDR"]) == ("0", "1", "127.0.0.1")
+        assert int(os.environ["MASTER_PORT"]) > 0
+    assert dict(os.environ) == before
 
 
 def test_model_path_not_local_says_what_to_do(tmp_path, monkeypatch):

@@ -6,11 +6,13 @@ Also callable in-process::
     result = train("recipes/tiny_cpu.yaml", ["training.max_steps=20"])
     result.output_dir, result.final_step, result.loss_history
 
-Under a distributed launcher (``deepspeed``, ``torchrun``) every rank runs this; a single process
-with a DeepSpeed config gets ``RANK=0 WORLD_SIZE=1`` and a free local port set for it. Nothing
-reaches the Hugging Face hub (``HF_HUB_OFFLINE=1`` unless set otherwise): a model path that is not
-a local folder is an error saying what to do. This module imports torch/transformers only inside
-functions, so ``gasp --help`` stays fast.
+:func:`train` leaves the process as it found it (environment, logging). The command line
+(:func:`run`, :func:`main`) first calls :func:`setup_process`: nothing reaches the Hugging Face hub
+(``HF_HUB_OFFLINE=1`` unless set otherwise), logging goes to stderr, and a single process with a
+DeepSpeed config gets ``RANK=0 WORLD_SIZE=1`` and a free local port. Under a distributed launcher
+(``deepspeed``, ``torchrun``) every rank runs this. A model path that is not a local folder is an
+error saying what to do. This module imports torch/transformers only inside functions, so
+``gasp --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["TrainResult", "train", "add_arguments", "run", "main"]
+from gasp_plugin.constants import RECIPE_FILE
+
+__all__ = ["TrainResult", "train", "setup_process", "add_arguments", "run", "main"]
 
 logger = logging.getLogger("gasp_plugin.train")
 DEFAULT_RECIPE = "tiny_cpu"
@@ -50,9 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.local_rank is not None:
-        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    result = train(args.recipe, args.overrides)
+    from gasp_plugin.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    setup_process(deepspeed=bool(recipe.training.deepspeed), local_rank=args.local_rank)
+    result = train(recipe)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"done: step {result.final_step}, saved to {result.output_dir}")
     return 0
@@ -65,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     return run(parser.parse_args(argv))
 
 
-# ---- environment -------------------------------------------------------------------------------
+# ---- process setup (command line only) --------------------------------------------------------
 
 
 def _free_port() -> int:
@@ -74,11 +80,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _single_process_env() -> None:
-    """DeepSpeed in one process needs the torch.distributed variables (else it tries MPI)."""
-    if "WORLD_SIZE" not in os.environ:
+def setup_process(*, deepspeed: bool = False, local_rank: int | None = None, log_level: int = logging.INFO) -> None:
+    """Process-wide setup of a training process; ``gasp train`` calls it, :func:`train` never does.
+
+    Sets ``HF_HUB_OFFLINE=1`` and ``TRANSFORMERS_OFFLINE=1`` (unless already set), ``LOCAL_RANK``
+    from ``local_rank`` (the deepspeed launcher's ``--local_rank``) unless set, and with
+    ``deepspeed`` outside a launcher (no ``WORLD_SIZE``) the torch.distributed variables of one
+    process (``RANK=0 LOCAL_RANK=0 WORLD_SIZE=1``, ``MASTER_ADDR`` and a free ``MASTER_PORT``),
+    without which DeepSpeed tries MPI. Configures the root logger (``logging.basicConfig``).
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(local_rank))
+    if deepspeed and "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+    logging.basicConfig(level=log_level, format="%(asctime)s %(name)s: %(message)s")
 
 
 def _resolve_deepspeed(recipe) -> str | None:
@@ -91,13 +109,26 @@ def _resolve_deepspeed(recipe) -> str | None:
     raise FileNotFoundError(f"training.deepspeed={value!r} in {recipe.source}: no such file")
 
 
+def _check_distributed_env(recipe) -> None:
+    """DeepSpeed needs the torch.distributed variables; in-process callers set them (or not) themselves."""
+    if "WORLD_SIZE" not in os.environ:
+        raise RuntimeError(
+            f"training.deepspeed={recipe.training.deepspeed!r} in {recipe.source} needs the torch.distributed "
+            "variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and WORLD_SIZE is not set: run it with "
+            "`gasp train` or a launcher (deepspeed, torchrun), or call "
+            "gasp_plugin.train.launch.setup_process(deepspeed=True) before train()"
+        )
+
+
 # ---- the run -----------------------------------------------------------------------------------
 
 
 def train(recipe, overrides: list[str] | None = None, *, progress: bool = True) -> TrainResult:
-    """Run a recipe (a path, a shipped name or a loaded :class:`Recipe`) and return the result."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    """Run a recipe (a path, a shipped name or a loaded :class:`Recipe`) and return the result.
+
+    Sets no environment variable and no logging handler: a DeepSpeed recipe outside a launcher
+    needs :func:`setup_process` (``deepspeed=True``) first, else a RuntimeError says so.
+    """
     from gasp_plugin.recipe import Recipe, load_recipe, recipe_to_dict
     from gasp_plugin.train.assemble import build_run
 
@@ -107,8 +138,7 @@ def train(recipe, overrides: list[str] | None = None, *, progress: bool = True) 
         raise ValueError("overrides apply to a recipe path; pass a loaded Recipe already overridden")
     deepspeed_json = _resolve_deepspeed(recipe)
     if deepspeed_json:
-        _single_process_env()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        _check_distributed_env(recipe)
     run_ = build_run(recipe, deepspeed_json=deepspeed_json, progress=progress)
     trainer = run_.trainer
     resume = recipe.training.resume_from_checkpoint
@@ -119,7 +149,7 @@ def train(recipe, overrides: list[str] | None = None, *, progress: bool = True) 
     if trainer.args.should_save:
         import yaml
 
-        Path(recipe.training.output_dir, "gasp_recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe)))
+        Path(recipe.training.output_dir, RECIPE_FILE).write_text(yaml.safe_dump(recipe_to_dict(recipe)))
     if recipe.training.trace_data:
         run_.write_reference_outputs()
     history = [h for h in trainer.state.log_history if "loss" in h or "lm" in h or "corr" in h]
