@@ -7,6 +7,8 @@ from accelerate.data_loader import BatchSamplerShard
 
 from gasp_plugin.data.instruct import BadSample
 from gasp_plugin.train.interleave import (
+    KeepForwardKeys,
+    forward_keys,
     GEOMETRY,
     INSTRUCT,
     InterleavedCollator,
@@ -96,11 +98,33 @@ def test_permuted_source_visits_every_item_once_per_epoch():
 
 
 def test_collator_keeps_one_kind_and_filters_keys():
-    coll = InterleavedCollator({GEOMETRY: lambda s: {"x": torch.stack(s), "junk": 1},
-                                INSTRUCT: lambda s: {"y": 0}}, accepted_keys=frozenset({"x"}))
+    keep = KeepForwardKeys(lambda s: {"x": torch.stack(s), "junk": 1}, frozenset({"x"}))
+    coll = InterleavedCollator({GEOMETRY: keep, INSTRUCT: lambda s: {"y": 0}})
     item = {"kind": GEOMETRY, "sample": torch.zeros(2), "skipped": 1, "reasons": ["r"], "trace": {"step": 0}}
     batch = coll([item, {**item, "skipped": 0, "reasons": []}])
     assert set(batch) == {"x", "gasp_kind", "gasp_skipped", "gasp_skip_reasons", "gasp_trace"}
     assert batch["gasp_skipped"] == 1 and batch["x"].shape == (2, 2)
     with pytest.raises(RuntimeError, match="mixes kinds"):
         coll([item, {**item, "kind": INSTRUCT}])
+
+
+def test_forward_keys_one_reading_for_plain_and_peft_models():
+    """The named arguments of the unwrapped model's forward; ``**kwargs`` is not a key; the targets
+    always survive the filter (the trainer pops them)."""
+    from peft import LoraConfig, get_peft_model
+
+    from gasp_plugin.models.tiny import build_tiny_model
+
+    model, _ = build_tiny_model("qwen2_vl", image_size=112, num_layers=1)
+    keys = forward_keys(model)
+    assert {"input_ids", "pixel_values", "image_grid_thw", "mm_token_type_ids", "labels"} <= keys
+    assert "kwargs" not in keys
+    wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert forward_keys(wrapped) == keys
+    class AnyKeys(torch.nn.Module):
+        def forward(self, **kwargs):
+            return kwargs
+
+    assert forward_keys(AnyKeys()) is None
+    keep = KeepForwardKeys(lambda s: {"input_ids": 1, "junk": 2, "gasp_targets": 3}, keys)
+    assert keep([]) == {"input_ids": 1, "gasp_targets": 3}

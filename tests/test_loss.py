@@ -167,7 +167,6 @@ def test_shape_errors_are_clear():
         ({"layers": []}, "layers must be"),
         ({"layers": [1, 1]}, "duplicates"),
         ({"embed_dim": 0}, "embed_dim must be a positive int"),
-        ({"negatives": "batch"}, "negatives must be one of"),
         ({"corr_weight": -1}, "corr_weight must be a number >= 0"),
     ],
 )

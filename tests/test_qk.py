@@ -92,6 +92,7 @@ def test_qk_term_follows_lora_wrappers_added_after_attach():
     handle = attach_gasp(model, cfg)
     lora = LoraConfig(r=4, target_modules=r".*language_model\.layers\.\d+\.self_attn\.(q|k)_proj")
     peft_model = get_peft_model(model, lora)
+    handle.ensure_trainable()
     for n, p in peft_model.named_parameters():  # non-zero LoRA deltas
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.5)

@@ -22,7 +22,7 @@ def test_train_vision(model_type, lora):
     vision = {n for n, _ in adapter.vision_parameters(model)}
     handle = attach_gasp(model, GaspConfig(embed_dim=8))
     recipe = load_recipe("tiny_cpu", [f"lora.enabled={str(lora).lower()}", "model.train_vision=true"])
-    wrapped = apply_lora(model, recipe, handle.heads, adapter)
+    wrapped = apply_lora(model, recipe, handle, adapter)
     trainable = _trainable(wrapped)
     if lora:  # PEFT trains a full copy of each vision module (modules_to_save) beside the LoRA weights
         assert any(".visual." in n or ".vision_tower." in n for n in trainable if "modules_to_save" in n)
@@ -37,7 +37,7 @@ def test_vision_frozen_by_default():
     adapter = get_adapter(model)
     handle = attach_gasp(model, GaspConfig(embed_dim=8))
     wrapped = apply_lora(model, load_recipe("tiny_cpu", ["lora.enabled=false", "model.train_vision=false"]),
-                         handle.heads, adapter)
+                         handle, adapter)
     assert not any(n in _trainable(wrapped) for n, _ in adapter.vision_parameters(wrapped))
 
 

@@ -7,7 +7,6 @@ the others wait for its ``.gasp_ready`` marker (:func:`ensure_once`).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import re
@@ -113,9 +112,10 @@ def _vision_module_names(model, adapter) -> list[str]:
     return sorted({pattern.search(name).group(0).strip(".") for name, _ in adapter.vision_parameters(model)})
 
 
-def apply_lora(model, recipe, heads, adapter):
-    """Wrap with PEFT LoRA (``recipe.lora``) or freeze all but the language model; heads stay
-    trainable; ``model.train_vision`` also trains the vision encoder and projector."""
+def apply_lora(model, recipe, handle, adapter):
+    """Wrap with PEFT LoRA (``recipe.lora``) or freeze all but the language model, then
+    ``handle.ensure_trainable()`` (the heads train and are saved on their own, not in the adapter);
+    ``model.train_vision`` also trains the vision encoder and projector."""
     train_vision = recipe.model.train_vision
     if recipe.lora.enabled:
         from peft import LoraConfig, get_peft_model
@@ -128,8 +128,7 @@ def apply_lora(model, recipe, heads, adapter):
         vision = {n for n, _ in adapter.vision_parameters(model)} if train_vision else set()
         for name, p in model.named_parameters():
             p.requires_grad_("language_model" in name or name in vision)
-    for p in heads.parameters():  # PEFT froze them; they are saved on their own, not in the adapter
-        p.requires_grad_(True)
+    handle.ensure_trainable()
     return model
 
 
@@ -231,13 +230,14 @@ class Run:
 def build_run(recipe, *, deepspeed_json, progress) -> Run:
     from transformers import AutoModelForImageTextToText
 
+    from gasp_plugin.constants import TARGETS_KEY
     from gasp_plugin.core.attach import attach_gasp
     from gasp_plugin.core.batch import GeometryCollator
     from gasp_plugin.data.instruct import InstructionCollator
     from gasp_plugin.models.processing import load_processor
     from gasp_plugin.models.registry import get_adapter
     from gasp_plugin.train.interleave import (GEOMETRY, INSTRUCT, InterleavedCollator, InterleavedDataset,
-                                              InterleavePlan)
+                                              InterleavePlan, KeepForwardKeys, forward_keys)
     from gasp_plugin.train.trainer import GaspTrainer
 
     output_dir = Path(recipe.training.output_dir)
@@ -263,9 +263,9 @@ def build_run(recipe, *, deepspeed_json, progress) -> Run:
             if getattr(recipe.model, key):
                 setattr(ip, key, getattr(recipe.model, key))
     adapter = get_adapter(model)
-    forward_keys = frozenset(inspect.signature(model.forward).parameters)
+    keys = forward_keys(model)
     handle = attach_gasp(model, recipe.gasp)
-    model = apply_lora(model, recipe, handle.heads, adapter)
+    model = apply_lora(model, recipe, handle, adapter)
 
     geometry = _geometry_source(recipe, processor, adapter, output_dir, is_main)
     instruct_ds, instruct = _instruct_source(recipe, processor, model.config, output_dir, is_main)
@@ -275,8 +275,8 @@ def build_run(recipe, *, deepspeed_json, progress) -> Run:
                           batch_size=t.per_device_train_batch_size,
                           num_steps=t.max_steps * t.gradient_accumulation_steps)
     tokenizer = getattr(processor, "tokenizer", processor)
-    collator = InterleavedCollator(
-        {GEOMETRY: GeometryCollator(processor), INSTRUCT: InstructionCollator(tokenizer.pad_token_id)}, forward_keys)
+    collator = InterleavedCollator({GEOMETRY: KeepForwardKeys(GeometryCollator(processor), keys),
+                                    INSTRUCT: KeepForwardKeys(InstructionCollator(tokenizer.pad_token_id), keys)})
     trainer = GaspTrainer(
         model=model, args=args, train_dataset=InterleavedDataset(plan, sources), data_collator=collator,
         processing_class=processor, gasp_handle=handle, head_lr_scale=t.head_lr_scale,
@@ -294,6 +294,6 @@ def build_run(recipe, *, deepspeed_json, progress) -> Run:
         sample = instruct(0) if instruct is not None else geometry(0)
         kind = INSTRUCT if instruct is not None else GEOMETRY
         batch = collator.collators[kind]([sample])
-        return {k: v for k, v in batch.items() if k in forward_keys and k != "labels"}
+        return {k: v for k, v in batch.items() if k not in ("labels", TARGETS_KEY)}
 
     return Run(trainer=trainer, attn_implementation=in_use, reference_batch=reference_batch)

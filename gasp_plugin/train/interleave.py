@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from gasp_plugin.constants import TARGETS_KEY
 from gasp_plugin.data.clips import check_geometry_ratio
 from gasp_plugin.data.instruct import BadSample
 
@@ -39,10 +40,15 @@ __all__ = [
     "InterleavedDataset",
     "InterleavedCollator",
     "PermutedSource",
+    "META_KEYS",
+    "forward_keys",
+    "KeepForwardKeys",
 ]
 
 GEOMETRY, INSTRUCT = "geometry", "instruct"
 KINDS = (GEOMETRY, INSTRUCT)
+#: what :class:`InterleavedCollator` adds to a batch besides the kind's own keys (the trainer pops them)
+META_KEYS = ("gasp_kind", "gasp_skipped", "gasp_skip_reasons", "gasp_trace")
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -199,12 +205,10 @@ class InterleavedCollator:
     """Collates one rank's micro-batch (all items share a kind) with that kind's collator.
 
     The batch gets ``gasp_kind`` (str), ``gasp_skipped`` (int), ``gasp_skip_reasons`` and
-    ``gasp_trace`` (list of dicts); the trainer pops them before the forward pass. Keys the model's
-    forward does not accept (``accepted_keys``, when given) are dropped, except ``gasp_targets``.
+    ``gasp_trace`` (list of dicts), the :data:`META_KEYS`; the trainer pops them before the forward.
     """
 
     collators: dict[str, Callable[[list], dict]]
-    accepted_keys: frozenset[str] | None = None
 
     def __call__(self, items: list[dict]) -> dict:
         kinds = {it["kind"] for it in items}
@@ -212,10 +216,34 @@ class InterleavedCollator:
             raise RuntimeError(f"a micro-batch mixes kinds {sorted(kinds)}: the sampler is not sequential")
         kind = kinds.pop()
         batch = self.collators[kind]([it["sample"] for it in items])
-        if self.accepted_keys is not None:
-            batch = {k: v for k, v in batch.items() if k in self.accepted_keys or k == "gasp_targets"}
         batch["gasp_kind"] = kind
         batch["gasp_skipped"] = sum(it["skipped"] for it in items)
         batch["gasp_skip_reasons"] = [r for it in items for r in it["reasons"]]
         batch["gasp_trace"] = [it["trace"] for it in items]
         return batch
+
+
+def forward_keys(model) -> frozenset[str] | None:
+    """Names of the keyword arguments the model's forward declares (a PEFT wrapper unwrapped;
+    ``**kwargs`` not counted); ``None`` when it declares none (it accepts anything)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
+    named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return frozenset(named) or None
+
+
+@dataclass
+class KeepForwardKeys:
+    """Collate with ``collate``, then drop keys the model's forward does not take (``keys`` from
+    :func:`forward_keys`; ``None`` keeps all). The GASP targets always stay: the trainer pops them."""
+
+    collate: Callable[[list], dict]
+    keys: frozenset[str] | None
+
+    def __call__(self, examples: list) -> dict:
+        batch = self.collate(examples)
+        if self.keys is None:
+            return batch
+        return {k: v for k, v in batch.items() if k in self.keys or k == TARGETS_KEY}
