@@ -107,7 +107,7 @@ def _probe(model_spec, sets: dict[str, tuple[list, object]], cfg: DemoConfig, co
     from gasp_plugin.probe.runner import run_probe
 
     pm = load_probe_model(model_spec)
-    heads = load_probe_heads(pm.model, pm.heads_path, pm.gasp_config) if pm.heads_path else None
+    heads = load_probe_heads(pm.model, pm.heads_path) if pm.heads_path else None
     reports = {}
     for set_name, (scenes, pairs) in sets.items():
         print(f"probe [{condition} / {set_name}]: {len(pairs.pairs)} pairs, gaps 1..{pairs.max_gap}")

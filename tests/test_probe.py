@@ -222,9 +222,8 @@ def test_probe_on_llava_with_center_crop(hololens):
 
 def test_model_from_recipe_before_and_after_training(tmp_path):
     """A recipe gives its starting model until its output_dir holds a saved model; then the trained
-    model, with the heads training saved beside it (a plain state dict) rebuilt from the recipe."""
-    from safetensors.torch import save_file
-
+    model, with the heads training saved beside it (a self-describing heads file)."""
+    from gasp_plugin.core.attach import save_heads
     from gasp_plugin.core.config import GaspConfig
     from gasp_plugin.core.head import GaspHeads
     from gasp_plugin.probe.loading import load_probe_heads, load_probe_model
@@ -242,18 +241,22 @@ def test_model_from_recipe_before_and_after_training(tmp_path):
 
     save_tiny_model("qwen2_vl", out, hidden_size=64, num_layers=2, image_size=112, seed=7)
     trained = GaspHeads(64, [0, 1], GaspConfig(embed_dim=16, init="random", seed=5))
-    save_file(dict(trained.state_dict()), str(out / "gasp_heads.safetensors"), metadata={"format": "pt"})
+    save_heads(trained, out / "gasp_heads.safetensors")
     pm = load_probe_model(recipe)
     assert "trained model" in pm.source and pm.heads_path == out / "gasp_heads.safetensors"
-    heads = load_probe_heads(pm.model, pm.heads_path, pm.gasp_config)
+    heads = load_probe_heads(pm.model, pm.heads_path)
     x = torch.randn(3, 64)
     torch.testing.assert_close(heads(x, 1), trained(x, 1))
-    with pytest.raises(ValueError, match="recipe that trained it"):
-        load_probe_heads(pm.model, pm.heads_path)
+    plain = tmp_path / "plain.safetensors"  # a bare state dict is not a heads file
+    from safetensors.torch import save_file
+
+    save_file(dict(trained.state_dict()), str(plain), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="is not a GASP heads file"):
+        load_probe_heads(pm.model, plain)
     # the output folder itself, with the recipe training writes beside the model
     (out / "gasp_recipe.yaml").write_text(recipe.read_text())
     pm = load_probe_model(out)
-    assert pm.heads_path == out / "gasp_heads.safetensors" and pm.gasp_config.embed_dim == 16
+    assert pm.heads_path == out / "gasp_heads.safetensors"
     from gasp_plugin.probe.loading import held_out
 
     assert pm.training_scenes == []  # this recipe names no geometry data
@@ -261,7 +264,7 @@ def test_model_from_recipe_before_and_after_training(tmp_path):
     assert held_out([tmp_path / "a" / "scene-1"], [tmp_path / "a"]) is False
     assert held_out([tmp_path / "b"], [tmp_path / "a"]) is True
     assert held_out([tmp_path / "b"], None) is None
-    heads = load_probe_heads(pm.model, pm.heads_path, pm.gasp_config)
+    heads = load_probe_heads(pm.model, pm.heads_path)
     torch.testing.assert_close(heads(x, 0), trained(x, 0))
 
 

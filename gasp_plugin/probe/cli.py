@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     model = pm.model.to(device)
     print(f"model: {pm.source}")
     heads_path = args.heads or pm.heads_path
-    heads = load_probe_heads(model, heads_path, pm.gasp_config) if heads_path else None
+    heads = load_probe_heads(model, heads_path) if heads_path else None
     if heads is not None:
         print(f"heads: {heads_path} (layers {heads.layers})")
     scenes = open_scenes(args.scenes)

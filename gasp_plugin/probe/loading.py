@@ -32,14 +32,13 @@ _log = logging.getLogger(__name__)
 
 @dataclass
 class ProbeModel:
-    """What ``--model`` resolved to. ``heads_path``/``gasp_config``: heads found beside a trained
-    recipe's output and the recipe's GASP config (to rebuild heads saved as a plain state dict)."""
+    """What ``--model`` resolved to. ``heads_path``: the heads file found beside a trained model
+    (self-describing: it holds its own GASP config)."""
 
     model: Any
     processor: Any
     name: str
     heads_path: Path | None = None
-    gasp_config: Any = None
     source: str = ""
     training_scenes: list[Path] | None = None  # geometry scene folders of the training recipe, if known
 
@@ -105,7 +104,7 @@ def _load_from_recipe(spec: str) -> ProbeModel:
         pm = load_probe_model(out)
         heads = out / HEADS_FILE
         return ProbeModel(pm.model, pm.processor, name, heads if heads.is_file() else None,
-                          recipe.gasp, f"trained model of {spec} in {out}", _training_scenes(recipe))
+                          f"trained model of {spec} in {out}", _training_scenes(recipe))
     m = recipe.model
     if m.tiny_type:
         from gasp_plugin.models.tiny import build_tiny_model
@@ -143,36 +142,18 @@ def load_probe_model(spec: str | Path) -> ProbeModel:
             from gasp_plugin.recipe import load_recipe
 
             recipe = load_recipe(path / RECIPE_FILE)
-            pm.gasp_config, pm.training_scenes = recipe.gasp, _training_scenes(recipe)
+            pm.training_scenes = _training_scenes(recipe)
     pm.model.eval()
     return pm
 
 
-def load_probe_heads(model, path: str | Path, gasp_config=None):
-    """GASP heads for the probe, on the model's device.
-
-    Reads a file written by :func:`gasp_plugin.core.attach.save_heads` (self-describing). A plain
-    state dict (as training saves beside the model) needs ``gasp_config``: the heads are rebuilt
-    for the model's hidden size and the config's layers, then loaded.
-    """
+def load_probe_heads(model, path: str | Path):
+    """GASP heads for the probe, on the model's device, from a file written by
+    :func:`gasp_plugin.core.attach.save_heads` or a trainer (self-describing)."""
     from gasp_plugin.core.attach import load_heads
 
     path = Path(path)
-    try:
-        heads = load_heads(path)
-    except ValueError as err:
-        if gasp_config is None:
-            raise ValueError(f"{err}; a plain heads state dict can be read only with the recipe that "
-                             "trained it (pass the recipe as --model)") from err
-        from safetensors.torch import load_file
-
-        from gasp_plugin.core.head import GaspHeads
-        from gasp_plugin.models.registry import get_adapter
-
-        cfg = model.config.get_text_config()
-        layers = gasp_config.resolve_layers(len(get_adapter(model).decoder_layers(model)))
-        heads = GaspHeads(int(cfg.hidden_size), layers, gasp_config)
-        heads.load_state_dict(load_file(str(path)))
+    heads = load_heads(path)
     hidden = int(model.config.get_text_config().hidden_size)
     if heads.d_model != hidden:
         raise ValueError(f"{path}: heads expect hidden size {heads.d_model}, the model has {hidden}")
