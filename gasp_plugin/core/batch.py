@@ -97,6 +97,7 @@ def build_geometry_example(
         inputs = adapter.build_frame_inputs(processor, frames, prompt=prompt)
     positions = adapter.frame_token_positions(inputs)  # [1, f', n]
     layouts = [adapter.frame_layout(processor, frames[r].shape[:2]) for r in rows]
+    adapter.check_layouts(inputs, layouts)  # targets index the grids the model will really see
     anchor_slot = rows.index(tracks.anchor)
     anchor_tokens = layouts[anchor_slot].pixels_to_tokens(tracks.query_xy.float())  # [p]
     slots = [i for i in range(len(rows)) if i != anchor_slot]

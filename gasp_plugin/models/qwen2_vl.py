@@ -186,15 +186,46 @@ class QwenVLAdapter(VLMAdapter):
     def frame_grids(self, inputs: dict) -> list[list[tuple[int, int]]]:
         return [[(h, w) for _, h, w in row] for row in self._rows(inputs)]
 
+    def pixel_budget(self, processor: Any) -> tuple[int, int]:
+        """``(min_pixels, max_pixels)`` the image processor resizes to, as it reads them: an
+        instance attribute ``min_pixels`` / ``max_pixels`` (older scripts set those) overrides
+        ``size["shortest_edge"]`` / ``size["longest_edge"]``."""
+        ip = processor.image_processor
+        low, high = getattr(ip, "min_pixels", None), getattr(ip, "max_pixels", None)
+        low = int(low) if low is not None else _size_entry(ip.size, "shortest_edge")
+        high = int(high) if high is not None else _size_entry(ip.size, "longest_edge")
+        return low, high
+
+    def apply_pixel_budget(self, processor: Any, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+        """Write the budget into ``size`` (``shortest_edge`` = min, ``longest_edge`` = max pixels),
+        the form transformers 5.x honours, and clear attribute overrides, on the image processor
+        and on the video processor when the processor has one. When one bound is given, the
+        checkpoint's other bound moves with it if it would contradict it (a raised minimum above
+        the checkpoint's maximum raises the maximum to it)."""
+        for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive int (pixels per frame); got {value!r}")
+        if min_pixels is not None and max_pixels is not None and min_pixels > max_pixels:
+            raise ValueError(f"min_pixels ({min_pixels}) must be <= max_pixels ({max_pixels})")
+        low, high = self.pixel_budget(processor)
+        # one bound given: the other follows it where the checkpoint's value would contradict it
+        low = min(low, max_pixels) if min_pixels is None and max_pixels is not None else (min_pixels or low)
+        high = max(high, min_pixels) if max_pixels is None and min_pixels is not None else (max_pixels or high)
+        targets = [processor.image_processor, getattr(processor, "video_processor", None)]
+        for proc in (t for t in targets if t is not None):
+            proc.size = {"shortest_edge": low, "longest_edge": high}
+            for attr in ("min_pixels", "max_pixels"):
+                if getattr(proc, attr, None) is not None:
+                    setattr(proc, attr, None)
+
     def frame_layout(self, processor: Any, orig_hw: tuple[int, int]) -> FrameLayout:
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
         ip = processor.image_processor
         cell = int(ip.patch_size) * int(ip.merge_size)
         h, w = int(orig_hw[0]), int(orig_hw[1])
-        rh, rw = smart_resize(
-            h, w, factor=cell, min_pixels=_size_entry(ip.size, "shortest_edge"), max_pixels=_size_entry(ip.size, "longest_edge")
-        )
+        low, high = self.pixel_budget(processor)
+        rh, rw = smart_resize(h, w, factor=cell, min_pixels=low, max_pixels=high)
         return FrameLayout((h, w), (rh, rw), (0, 0), cell, (rh // cell, rw // cell))
 
 

@@ -235,6 +235,29 @@ class VLMAdapter(ABC):
         """Model inputs (batch of one) for ``frames`` (list of uint8 ``[h, w, 3]``) as one video."""
         raise ValueError(self._no_video())
 
+    def apply_pixel_budget(self, processor: Any, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+        """Set the processor's resize budget (pixels per frame) in the form it honours, so the
+        processor's output and :meth:`frame_layout` follow the same values. Here: this family
+        resizes to a fixed size, so a budget is a ``ValueError``."""
+        if min_pixels is not None or max_pixels is not None:
+            raise ValueError(f"{type(self).__name__} (model_type {getattr(self.config, 'model_type', '?')!r}) resizes "
+                             "every frame to the processor's fixed size: min_pixels / max_pixels do not apply; "
+                             "leave them unset (null)")
+
+    def check_layouts(self, inputs: dict, layouts: list[FrameLayout]) -> None:
+        """Raise ``ValueError`` naming the frame and both grids when the token grid a layout
+        predicts differs from the one the processor produced (row 0 of ``inputs``)."""
+        grids = self.frame_grids(inputs)[0]
+        if len(grids) != len(layouts):
+            raise ValueError(f"the processor produced {len(grids)} token frames for {len(layouts)} frame layouts")
+        for i, (grid, layout) in enumerate(zip(grids, layouts)):
+            if tuple(grid) != tuple(layout.grid_hw):
+                raise ValueError(
+                    f"frame {i} ({layout.orig_hw[1]}x{layout.orig_hw[0]} px): the processor made a "
+                    f"{grid[0]}x{grid[1]} token grid but its layout predicts {layout.grid_hw[0]}x{layout.grid_hw[1]}; "
+                    "was a pixel budget set on the processor other than through adapter.apply_pixel_budget?"
+                )
+
     def _no_video(self) -> str:
         return (f"{type(self).__name__} (model_type {getattr(self.config, 'model_type', '?')!r}) has no video "
                 "input; use as_video=False to give the frames as separate images")

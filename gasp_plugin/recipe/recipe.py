@@ -104,7 +104,9 @@ class ModelRecipe:
     path: str = ""  # local checkpoint folder, or tiny:<model_type> (qwen2_vl, qwen2_5_vl, llava)
     attn_implementation: str = "auto"  # auto = flash_attention_2 if flash-attn and CUDA, else sdpa
     dtype: str = "auto"  # auto = bfloat16 if training.bf16, float16 if training.fp16, else float32
-    min_pixels: int | None = None  # processor resize bounds (Qwen); null = the processor's own
+    # pixels per frame the processor resizes into (Qwen-VL; applied once, by the adapter, in the form
+    # the installed transformers honours); null = the checkpoint processor's own
+    min_pixels: int | None = None
     max_pixels: int | None = None
     # also train the vision encoder and projector (the paper keeps them frozen; a tiny model with
     # random weights has no pretrained visual features to keep). Under LoRA they are trained in
@@ -119,6 +121,11 @@ class ModelRecipe:
         _choice("dtype", self.dtype, DTYPE_CHOICES)
         if not isinstance(self.train_vision, bool):
             raise _invalid("train_vision", f"train_vision must be true or false; got {self.train_vision!r}")
+        for name in ("min_pixels", "max_pixels"):
+            if getattr(self, name) is not None:
+                _at_least(name, getattr(self, name), 1)
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise _invalid("min_pixels", f"min_pixels ({self.min_pixels}) must be <= max_pixels ({self.max_pixels})")
 
     @property
     def tiny_type(self) -> str | None:

@@ -257,12 +257,8 @@ def build_run(recipe, *, deepspeed_json, progress) -> Run:
     if in_use != attn:
         raise RuntimeError(f"asked for {attn} attention but the model runs {in_use}")
     processor = load_processor(model_path)
-    if recipe.model.min_pixels or recipe.model.max_pixels:
-        ip = processor.image_processor
-        for key in ("min_pixels", "max_pixels"):
-            if getattr(recipe.model, key):
-                setattr(ip, key, getattr(recipe.model, key))
     adapter = get_adapter(model)
+    adapter.apply_pixel_budget(processor, recipe.model.min_pixels, recipe.model.max_pixels)
     keys = forward_keys(model)
     handle = attach_gasp(model, recipe.gasp)
     model = apply_lora(model, recipe, handle, adapter)

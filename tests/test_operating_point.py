@@ -1,0 +1,179 @@
+"""The geometry path at real frame sizes and pixel budgets.
+
+Frame sizes of the data sets people train on (ScanNet, 7-Scenes, DL3DV, ARKitScenes, 1080p, a
+portrait frame), each under the processor's default budget, a lowered one and a raised one; the
+pixel -> token mapping of :meth:`FrameLayout.pixels_to_tokens` is checked against the real
+processor by perturbing pixels, and ``build_geometry_example`` against the grids it produces.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from gasp_plugin.models.registry import get_adapter
+from gasp_plugin.models.tiny import build_tiny_model
+
+SIZES = {  # name -> (h, w)
+    "scannet-depth 640x480": (480, 640),
+    "dl3dv 960x540": (540, 960),
+    "scannet-colour 1296x968": (968, 1296),
+    "arkit-colour 1920x1440": (1440, 1920),
+    "arkit-depth 256x192": (192, 256),
+    "1080p 1920x1080": (1080, 1920),
+    "portrait 720x1280": (1280, 720),
+}
+# tiny processors: min 28*28, max 224*224 px; lowered and raised relative to that
+BUDGETS = {"default": (None, None), "lowered": (None, 112 * 112), "raised": (448 * 448, None)}
+QWEN = ["qwen2_vl", "qwen2_5_vl"]
+
+
+@pytest.fixture(scope="module", params=QWEN + ["llava"])
+def family(request):
+    model, processor = build_tiny_model(request.param, image_size=224)
+    return request.param, model, processor, get_adapter(model)
+
+
+def _token_change(model_type, processor, adapter, base, frame) -> torch.Tensor:
+    """``[n]`` how much each LLM token's input patches changed between ``base`` and ``frame``."""
+    ip = processor.image_processor
+    diff = (ip(images=[frame], return_tensors="pt")["pixel_values"] - base).abs()
+    if model_type.startswith("qwen"):
+        return diff.sum(-1).reshape(-1, ip.merge_size**2).sum(-1)  # rows: patches, merge^2 per token
+    p = adapter.patch
+    _, _, hh, ww = diff.shape
+    return diff[0].sum(0).reshape(hh // p, p, ww // p, p).sum((1, 3)).flatten()
+
+
+def _probe_layout(model_type, processor, adapter, hw, seed=0):
+    """Perturb the pixel at the centre of random subsets of token cells; the set of tokens whose
+    input changes must be exactly the set the layout maps those pixels to (a permutation or a
+    shifted grid fails). Returns the number of cells probed.
+
+    Where the processor shrinks the frame by ``s`` > 1, one source pixel's change is averaged
+    away by the resize (below one uint8 level at s = 17), so the probe inverts the ``s x s`` block
+    of source pixels that one resized pixel reads, centred on the cell centre: still far inside
+    the cell (a cell is ``cell * s`` source pixels wide)."""
+    rng = np.random.default_rng(seed)
+    frame = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    layout = adapter.frame_layout(processor, hw)
+    base = processor.image_processor(images=[frame], return_tensors="pt")["pixel_values"]
+    centres = layout.token_centres().round().long()  # [n, 2] original pixels
+    inside = (centres[:, 0] >= 0) & (centres[:, 0] < hw[1]) & (centres[:, 1] >= 0) & (centres[:, 1] < hw[0])
+    assert bool(inside.all())
+    tokens = layout.pixels_to_tokens(centres.double())
+    assert torch.equal(tokens, torch.arange(layout.num_tokens))  # each centre pixel lies in its own cell
+    scale = max(hw[0] / layout.resized_hw[0], hw[1] / layout.resized_hw[1], 1.0)
+    r = int(np.ceil(scale / 2)) - 1 if scale > 1.5 else 0  # block half-size in source pixels
+    probed = 0
+    for trial in range(3):
+        chosen = torch.from_numpy(rng.random(layout.num_tokens) < 0.5)
+        bumped = frame.copy()
+        for x, y in centres[chosen].tolist():
+            block = (slice(max(y - r, 0), y + r + 1), slice(max(x - r, 0), x + r + 1))
+            bumped[block] = 255 - bumped[block]
+        changed = _token_change(model_type, processor, adapter, base, bumped) > 1e-6
+        assert changed.numel() == layout.num_tokens, (changed.numel(), layout.grid_hw)
+        expected = torch.zeros(layout.num_tokens, dtype=torch.bool)
+        expected[tokens[chosen]] = True
+        assert torch.equal(changed, expected), (hw, layout.grid_hw, trial)
+        probed += int(chosen.sum())
+    return probed
+
+
+@pytest.mark.parametrize("budget", list(BUDGETS))
+@pytest.mark.parametrize("size", list(SIZES))
+def test_layout_matches_the_processor(family, size, budget):
+    model_type, _, processor, adapter = family
+    low, high = BUDGETS[budget]
+    hw = SIZES[size]
+    if model_type == "llava":
+        if budget != "default":
+            with pytest.raises(ValueError, match="do not apply"):
+                adapter.apply_pixel_budget(processor, low, high)
+            return
+    else:
+        saved = dict(processor.image_processor.size)
+        adapter.apply_pixel_budget(processor, low, high)
+    try:
+        layout = adapter.frame_layout(processor, hw)
+        frame = np.zeros((*hw, 3), np.uint8)
+        inputs = adapter.build_frame_inputs(processor, [frame, frame])
+        adapter.check_layouts(inputs, [layout, layout])  # the grid the model sees
+        assert _probe_layout(model_type, processor, adapter, hw) > 0
+    finally:
+        if model_type != "llava":
+            processor.image_processor.size = saved
+
+
+def test_budget_written_where_the_processor_reads_it():
+    """A budget set as attributes (as older scripts do) is honoured by the processor; the layout
+    reads the same values; apply_pixel_budget moves it into ``size`` and clears the attributes."""
+    _, processor = build_tiny_model("qwen2_vl", image_size=224)
+    adapter = get_adapter(build_tiny_model("qwen2_vl", image_size=224)[0])
+    ip = processor.image_processor
+    frame = np.zeros((720, 1080, 3), np.uint8)
+    ip.max_pixels = 112 * 112
+    grid = tuple(ip(images=[frame], return_tensors="pt")["image_grid_thw"][0, 1:].tolist())
+    layout = adapter.frame_layout(processor, frame.shape[:2])
+    assert tuple(g // 2 for g in grid) == layout.grid_hw
+    adapter.apply_pixel_budget(processor, min_pixels=448 * 448)
+    # the attribute's max (112^2) gave way to the raised min
+    assert ip.max_pixels is None and ip.size["shortest_edge"] == ip.size["longest_edge"] == 448 * 448
+    adapter.apply_pixel_budget(processor, max_pixels=56 * 56)
+    assert ip.size["shortest_edge"] == ip.size["longest_edge"] == 56 * 56
+    with pytest.raises(ValueError, match="must be <= max_pixels"):
+        adapter.apply_pixel_budget(processor, min_pixels=10**7, max_pixels=10**6)
+    with pytest.raises(ValueError, match="positive int"):
+        adapter.apply_pixel_budget(processor, max_pixels=0)
+
+
+def test_check_layouts_names_the_frame_and_both_grids():
+    model, processor = build_tiny_model("qwen2_vl", image_size=224)
+    adapter = get_adapter(model)
+    frame = np.zeros((480, 640, 3), np.uint8)
+    inputs = adapter.build_frame_inputs(processor, [frame, frame])
+    right = adapter.frame_layout(processor, (480, 640))
+    wrong = dataclasses.replace(right, grid_hw=(3, 4))
+    adapter.check_layouts(inputs, [right, right])
+    with pytest.raises(ValueError, match=r"frame 1 \(640x480 px\).*made a 6x9 token grid.*predicts 3x4"):
+        adapter.check_layouts(inputs, [right, wrong])
+
+
+@pytest.mark.parametrize("model_type", QWEN)
+@pytest.mark.parametrize("budget", ["lowered", "raised"])
+def test_geometry_example_at_a_budget_on_upsampled_real_frames(model_type, budget, hololens_scene):
+    """The bundled HoloLens frames upsampled 2x (1080x720): the lowered budget crashed the batch
+    builder (a tensor-size RuntimeError) and the raised one indexed a smaller grid than the model
+    saw. Now the targets' grids are the processor's, at both budgets."""
+    from gasp_plugin.core.batch import TARGETS_KEY, build_geometry_example
+    from gasp_plugin.data import load_clip
+    from gasp_plugin.data.scene import Clip
+    from gasp_plugin.geometry.tracks import tracks_for_clip
+
+    model, processor = build_tiny_model(model_type, image_size=224)
+    adapter = get_adapter(model)
+    adapter.apply_pixel_budget(processor, *BUDGETS[budget])
+    clip = load_clip(hololens_scene, [4, 6, 8])
+    up = Clip(images=clip.images.repeat(2, 1).repeat(2, 2), depth=clip.depth.repeat(2, 1).repeat(2, 2),
+              intrinsics=_scaled(clip.intrinsics, 2.0), poses=clip.poses, frame_ids=clip.frame_ids,
+              anchor=clip.anchor, scene=clip.scene)
+    tracks = tracks_for_clip(up, grid=8, keep=1.0)
+    example = build_geometry_example(up, tracks, processor, adapter)
+    targets = example[TARGETS_KEY]
+    grids = adapter.frame_grids(example)[0]
+    layout = adapter.frame_layout(processor, up.images.shape[1:3])
+    assert all(tuple(g) == layout.grid_hw for g in grids)
+    assert targets.token_depth.shape[-1] == layout.num_tokens == targets.token_positions.shape[-1]
+    assert targets.num_visible > 0
+    # tokens per frame: at most 112^2 / 28^2 = 16 lowered; about 448^2 / 28^2 = 256 raised (247: 19x13)
+    assert layout.num_tokens <= 16 if budget == "lowered" else layout.num_tokens >= 200
+
+
+def _scaled(intrinsics, factor):
+    """Intrinsics of a frame upsampled by ``factor`` with pixel centres at integers."""
+    k = intrinsics.copy()
+    k[:, :2, :2] *= factor
+    k[:, :2, 2] = (k[:, :2, 2] + 0.5) * factor - 0.5
+    return k
