@@ -69,6 +69,15 @@ class Scene(ABC):
             raise ValueError(f"scene {self.name!r}: frame {int(i)} is skipped: {self.skipped[int(i)]}")
         return int(i)
 
+    def read_or_skip(self, i: int, fn):
+        """``fn()``; when it raises ``ValueError`` (an unreadable file), frame ``i`` is marked skipped
+        with the message (never served again; the sampler counts it) and the error re-raised."""
+        try:
+            return fn()
+        except ValueError as exc:
+            self.skipped[int(i)] = str(exc)
+            raise
+
     def images(self, ids: list[int]) -> np.ndarray:
         """``uint8 [f, h, w, 3]`` for frames ``ids`` (readers may decode them in one batch)."""
         return np.stack([self.image(i) for i in ids])
@@ -109,6 +118,7 @@ READERS: dict[str, str] = {
     "scannet": "gasp_plugin.data.readers.scannet:ScanNetScene",
     "7scenes": "gasp_plugin.data.readers.sevenscenes:SevenScenesScene",
     "video": "gasp_plugin.data.readers.video:VideoScene",
+    "scannet-sens": "gasp_plugin.data.readers.scannet_sens:ScanNetSensScene",
 }
 
 

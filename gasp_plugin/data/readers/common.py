@@ -26,6 +26,10 @@ __all__ = [
     "scale_intrinsics",
     "depth_lookup_index",
     "resample_depth_nearest",
+    "read_depth_npy",
+    "read_depth_file",
+    "DepthResampler",
+    "pose_reasons",
     "FileScene",
 ]
 
@@ -59,6 +63,34 @@ def read_depth(path: Path, scale: float, invalid: tuple[int, ...] = (0,)) -> np.
     depth = raw.astype(np.float32) / np.float32(scale)
     depth[np.isin(raw, invalid)] = 0.0
     return depth
+
+
+def read_depth_npy(path: Path) -> np.ndarray:
+    """``float32 [hd, wd]`` metres from a float ``.npy`` array; non-finite and negative values
+    become 0 (invalid)."""
+    try:
+        raw = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read depth map {path}: {exc}") from exc
+    if raw.ndim == 3 and 1 in (raw.shape[0], raw.shape[-1]):
+        raw = raw.reshape(raw.shape[1:] if raw.shape[0] == 1 else raw.shape[:2])
+    if raw.ndim != 2 or not np.issubdtype(raw.dtype, np.floating):
+        raise ValueError(f"depth map {path}: expected a 2-D float array in metres, got shape {raw.shape} "
+                         f"dtype {raw.dtype}")
+    depth = raw.astype(np.float32)
+    depth[~np.isfinite(depth) | (depth < 0)] = 0.0
+    return depth
+
+
+def read_depth_file(path: Path, scale: float, invalid: tuple[int, ...] = (0,)) -> np.ndarray:
+    """``float32 [hd, wd]`` metres from an integer PNG (``value / scale``) or a float ``.npy``
+    (metres), chosen by the file's suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".npy":
+        return read_depth_npy(path)
+    if suffix == ".png":
+        return read_depth(path, scale, invalid)
+    raise ValueError(f"depth map {path}: unsupported file type {suffix!r} (expected .png or .npy)")
 
 
 def read_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -164,6 +196,47 @@ def resample_depth_nearest(depth: np.ndarray, K_depth: np.ndarray, K_image: np.n
     return np.where(inside, depth.reshape(-1)[flat], 0).astype(np.float32).reshape(h, w)
 
 
+class DepthResampler:
+    """Brings depth maps into the colour camera, keeping one lookup table per camera setup.
+
+    A depth map of the image's size without depth intrinsics is returned as it is. With
+    ``K_depth`` (a separate depth camera at the same centre and orientation, e.g. ScanNet) it is
+    resampled by nearest lookup (:func:`resample_depth_nearest`); without, a depth map of another
+    size is taken as a resized colour image (intrinsics scaled), and must then have the image's
+    aspect ratio (within a pixel), else a ``ValueError`` names ``source``.
+    """
+
+    def __init__(self):
+        self._cache: dict = {}
+
+    def __call__(self, depth: np.ndarray, K_image: np.ndarray, image_size: tuple[int, int],
+                 K_depth: np.ndarray | None = None, source: str = "depth map") -> np.ndarray:
+        w, h = image_size
+        hd, wd = depth.shape
+        if (hd, wd) == (h, w) and K_depth is None:
+            return depth
+        if K_depth is None and (abs(hd * w / wd - h) > 1 or abs(wd * h / hd - w) > 1):
+            raise ValueError(f"{source}: depth map is {wd}x{hd} but the colour image is {w}x{h}; the "
+                             "aspect ratios differ, so the depth cannot be a resized image (give the "
+                             "depth camera's intrinsics, or depth of the image's size)")
+        key = (np.asarray(K_image).tobytes(), None if K_depth is None else np.asarray(K_depth).tobytes(),
+               tuple(image_size), depth.shape)
+        if key not in self._cache:
+            Kd = K_depth if K_depth is not None else scale_intrinsics(K_image, image_size, (wd, hd))
+            self._cache[key] = depth_lookup_index(Kd, K_image, image_size, depth.shape)
+        return resample_depth_nearest(depth, None, None, image_size, index=self._cache[key])
+
+
+def pose_reasons(poses: np.ndarray) -> dict[int, str]:
+    """``{frame: "pose <problem>"}`` for the poses of ``[f, 4, 4]`` that are not finite rigid
+    transforms (checked in one batch; the message only for the bad ones)."""
+    if not len(poses):
+        return {}
+    T = torch.from_numpy(np.asarray(poses, dtype=np.float64))
+    bad = bad_pose_mask(T).tolist()
+    return {i: f"pose {pose_problem(T[i])}" for i, b in enumerate(bad) if b}
+
+
 class FileScene(Scene):
     """A scene whose frames are files: colour images, integer depth PNGs, per-frame intrinsics
     and poses. Readers build one of these after parsing their layout.
@@ -177,10 +250,12 @@ class FileScene(Scene):
         depth_invalid: raw depth values meaning "no measurement".
         depth_intrinsics: ``[3, 3]`` of the depth maps when they differ from the colour camera's
             (ScanNet); by default a depth map of another size is taken as a resized colour image.
+        depth_reader: ``path -> float32 [hd, wd]`` metres; by default :func:`read_depth_file`
+            (integer PNG with ``depth_scale``, or float ``.npy``).
     """
 
     def __init__(self, name, image_paths, depth_paths, intrinsics, poses, depth_scale=1000.0,
-                 depth_invalid=(0,), depth_intrinsics=None):
+                 depth_invalid=(0,), depth_intrinsics=None, depth_reader=None):
         n = len(image_paths)
         if len(depth_paths) != n or len(poses) != n:
             raise ValueError(f"scene {name!r}: {n} images, {len(depth_paths)} depth maps and "
@@ -193,49 +268,39 @@ class FileScene(Scene):
         self._poses = np.asarray(poses, dtype=np.float64)
         self._scale, self._invalid = float(depth_scale), tuple(depth_invalid)
         self._K_depth = None if depth_intrinsics is None else np.asarray(depth_intrinsics, np.float64)
-        self._index_cache: dict = {}
+        self._depth_reader = depth_reader
+        self._resample = DepthResampler()
         self._sizes: dict[int, tuple[int, int]] = {}
-        bad_pose = bad_pose_mask(torch.from_numpy(self._poses)).tolist() if n else []  # all frames at once
+        bad_pose = pose_reasons(self._poses)  # all frames at once
         for i in range(n):
-            reason = self._frame_problem(i, bad_pose[i])
+            reason = self._frame_problem(i) or bad_pose.get(i)
             if reason:
                 self.skipped[i] = reason
 
-    def _frame_problem(self, i: int, bad_pose: bool) -> str | None:
+    def _frame_problem(self, i: int) -> str | None:
         if self._images[i] is None or not Path(self._images[i]).is_file():
             return f"missing colour file {self._images[i]}"
         if self._depths[i] is None or not Path(self._depths[i]).is_file():
             return f"missing depth file {self._depths[i]}"
-        problem = pose_problem(torch.from_numpy(self._poses[i])) if bad_pose else None
-        return f"pose {problem}" if problem else None
+        return None
 
     def __len__(self) -> int:
         return len(self._images)
 
-    def _read_or_skip(self, i: int, fn):
-        try:
-            return fn()
-        except ValueError as exc:
-            self.skipped[i] = str(exc)  # never served again; the sampler counts it
-            raise
-
     def image(self, i: int) -> np.ndarray:
         i = self.check_frame(i)
-        return self._read_or_skip(i, lambda: read_rgb(Path(self._images[i])))
+        return self.read_or_skip(i, lambda: read_rgb(Path(self._images[i])))
 
     def depth(self, i: int) -> np.ndarray:
         i = self.check_frame(i)
-        d = self._read_or_skip(i, lambda: read_depth(Path(self._depths[i]), self._scale, self._invalid))
+        path = Path(self._depths[i])
+        if self._depth_reader is not None:
+            read = lambda: self._depth_reader(path)  # noqa: E731
+        else:
+            read = lambda: read_depth_file(path, self._scale, self._invalid)  # noqa: E731
+        d = self.read_or_skip(i, read)
         size = self.image_size(i)
-        if d.shape == (size[1], size[0]) and self._K_depth is None:
-            return d
-        key = (self._K[i].tobytes(), size, d.shape)
-        if key not in self._index_cache:  # one lookup table per camera setup, not per frame
-            K_depth = self._K_depth
-            if K_depth is None:
-                K_depth = scale_intrinsics(self._K[i], size, (d.shape[1], d.shape[0]))
-            self._index_cache[key] = depth_lookup_index(K_depth, self._K[i], size, d.shape)
-        return resample_depth_nearest(d, None, None, size, index=self._index_cache[key])
+        return self.read_or_skip(i, lambda: self._resample(d, self._K[i], size, self._K_depth, source=str(path)))
 
     def image_size(self, i: int) -> tuple[int, int]:
         """``(w, h)`` of frame ``i``'s colour image (read from the file header once)."""

@@ -1,0 +1,111 @@
+"""Test helpers: synthetic scenes written in the layouts data sets ship (each in its own
+conventions), and the exact-geometry check every reader test runs.
+
+The writers take a :class:`~gasp_plugin.data.synthetic.SyntheticScene` (exact depth, OpenCV
+camera-to-world poses, pixel centres at integers) and convert *to* the format's conventions with
+code written here independently of the readers (e.g. OpenGL axes by negating the camera's y and z
+columns), so a reader that forgets a conversion fails the tracks check.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gasp_plugin.data import load_clip
+from gasp_plugin.data.synthetic import SyntheticScene, SyntheticSceneConfig
+from gasp_plugin.geometry.tracks import compute_tracks
+
+# small, fast, with box occluders and enough motion for occlusion between the frames used
+CONFIG = SyntheticSceneConfig(height=72, width=96, num_frames=8, speed_deg=5.0, num_boxes=(5, 7))
+SEED = 0
+CLIP = [0, 3, 5, 7]  # the frames the tracks checks use (anchor: the first)
+
+
+def views(synth: SyntheticScene, K: np.ndarray, width: int, height: int, poses=None) -> SyntheticScene:
+    """The same room and camera path seen with other intrinsics / image size (or other poses)."""
+    poses = synth._poses if poses is None else poses
+    return SyntheticScene(synth.room, poses, K, height, width, name=synth.name)
+
+
+def depth_mm(depth: np.ndarray, scale: float = 1000.0) -> np.ndarray:
+    """``uint16`` depth in 1/scale metres; invalid or out-of-range depth -> 0."""
+    mm = np.round(depth.astype(np.float64) * scale)
+    mm[~np.isfinite(mm) | (mm <= 0) | (mm > 65535)] = 0
+    return mm.astype(np.uint16)
+
+
+def write_png_depth(path, depth: np.ndarray, scale: float = 1000.0) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(depth_mm(depth, scale)).save(path)
+
+
+def jpeg_bytes(rgb: np.ndarray, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def check_tracks(scene, truth, ids=CLIP, anchor_row: int = 0, grid: int = 16, tol: float = 0.1):
+    """Tracks through frames ``ids`` of the reader's ``scene`` equal those of the synthetic
+    ``truth`` (exact depth): the same queries, the same visibility (occlusion included: some
+    queries must project inside a frame and be hidden there), positions within ``tol`` px."""
+    clip, exact = load_clip(scene, ids, anchor_row), load_clip(truth, ids, anchor_row)
+    assert clip.images.shape == exact.images.shape
+    t = compute_tracks(torch.from_numpy(clip.depth), torch.from_numpy(clip.intrinsics),
+                       torch.from_numpy(clip.poses), anchor_row, grid=grid)
+    g = compute_tracks(torch.from_numpy(exact.depth), torch.from_numpy(exact.intrinsics),
+                       torch.from_numpy(exact.poses), anchor_row, grid=grid)
+    assert torch.equal(t.query_xy, g.query_xy), "different queries kept (anchor depth differs)"
+    h, w = exact.depth.shape[1:]
+    inside = ((g.xy[..., 0] >= 4) & (g.xy[..., 0] <= w - 5) & (g.xy[..., 1] >= 4) & (g.xy[..., 1] <= h - 5)
+              & (g.depth > 0))
+    occluded = inside & ~g.visible
+    assert occluded.sum() > 0, "the clip has no occluded points: the check would not test occlusion"
+    assert g.visible.sum() > 0.3 * g.visible.numel()
+    assert torch.equal(t.visible, g.visible), f"visibility differs at {(t.visible != g.visible).sum()} points"
+    err = (t.xy - g.xy).norm(dim=-1)[g.visible].max().item()
+    assert err < tol, f"track positions differ by up to {err:.4f} px"
+    return t, g
+
+
+# --- ScanNet .sens -----------------------------------------------------------------------------
+
+def write_sens(path, colour: SyntheticScene, depth: SyntheticScene | None = None, poses=None,
+               color_codec: int = 2, depth_codec: int = 1, depth_shift: float = 1000.0, frames=None) -> Path:
+    """A ScanNet SensorData v4 file: ``colour`` gives the colour images and intrinsics, ``depth``
+    (default: ``colour``) the depth maps and depth intrinsics; ``poses`` override the per-frame
+    camera-to-world matrices (e.g. with ``-inf`` rows)."""
+    depth = depth or colour
+    n = len(colour) if frames is None else frames
+    poses = np.stack([colour.pose(i) for i in range(n)]) if poses is None else np.asarray(poses)
+
+    def mat4(K):
+        M = np.eye(4, dtype=np.float32)
+        M[:3, :3] = K
+        return M.astype("<f4").tobytes()
+
+    out = bytearray()
+    out += struct.pack("<I", 4)
+    name = b"StructureSensor"
+    out += struct.pack("<Q", len(name)) + name
+    out += mat4(colour.intrinsics(0)) + mat4(np.eye(3)) + mat4(depth.intrinsics(0)) + mat4(np.eye(3))
+    out += struct.pack("<2i4IfQ", color_codec, depth_codec, colour.width, colour.height, depth.width,
+                       depth.height, depth_shift, n)
+    for i in range(n):
+        rgb = colour.image(i)
+        c = jpeg_bytes(rgb) if color_codec == 2 else rgb.tobytes()
+        d = depth_mm(depth.depth(i), depth_shift).astype("<u2").tobytes()
+        d = zlib.compress(d) if depth_codec == 1 else d
+        out += np.asarray(poses[i], dtype="<f4").tobytes()
+        out += struct.pack("<4Q", 1000 * i, 1000 * i + 7, len(c), len(d)) + c + d
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(out))
+    return path
