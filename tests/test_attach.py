@@ -194,31 +194,64 @@ def test_frozen_heads_are_an_error_until_ensure_trainable():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in handle.heads.parameters())
 
 
-@pytest.mark.parametrize("reentrant", [True, False])
-def test_reentrant_checkpointing_of_the_qk_term_is_an_error(reentrant):
-    """transformers checkpoints a decoder layer's ``forward``, so the layer-output hooks sit outside
-    the checkpoint but the q/k projection hooks inside it: under re-entrant checkpointing the q/k
-    states carry no graph and the qk term would train nothing. Non-re-entrant: LoRA gets gradients."""
+def _gasp_grads(checkpointing, reentrant=False):
+    """Gradients of the GASP loss alone (corr + depth + qk) on a tiny LoRA model: LoRA and heads."""
     from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)  # the same LoRA init in every run
+    model, processor = build_tiny_model("qwen2_vl", image_size=112)
+    handle = attach_gasp(model, GaspConfig(embed_dim=16, qk_weight=1.0))
+    lora = LoraConfig(r=4, target_modules=r".*language_model\.layers\.\d+\.(self_attn\.(q|k)_proj|mlp\.up_proj)")
+    peft_model = get_peft_model(model, lora)
+    for n, p in peft_model.named_parameters():  # non-zero LoRA deltas, so every LoRA matrix gets a gradient
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    handle.ensure_trainable()
+    peft_model.train()
+    if checkpointing:
+        peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        peft_model.enable_input_require_grads()  # what PEFT / the Trainer do for re-entrant checkpointing
+    inputs, targets = _inputs(model, processor)
+    peft_model(**inputs)
+    out = handle.compute_loss(targets)
+    out.total.backward()
+    return out, {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_checkpointing_of_either_kind_gives_the_unchecked_gradients(reentrant):
+    """Under re-entrant and non-re-entrant checkpointing every term (hidden-state heads and the
+    q/k term) reaches LoRA with the gradients of a run without checkpointing."""
+    plain_out, plain = _gasp_grads(False)
+    ckpt_out, ckpt = _gasp_grads(True, reentrant)
+    torch.testing.assert_close(ckpt_out.qk, plain_out.qk)
+    assert plain.keys() == ckpt.keys()
+    lora = [n for n in plain if "lora_" in n]
+    assert len(lora) == 2 * 3 * len(plain_out.per_layer) and all(plain[n].abs().sum() > 0 for n in lora)
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_checkpoint_around_the_whole_layer_call_is_an_error():
+    """A wrapper that checkpoints a layer's ``__call__`` re-entrantly (hooks inside the checkpoint,
+    as some training repositories did on older transformers) leaves the captured states without a
+    graph: training stops at the first GASP loss, naming the setting to change."""
+    from torch.utils.checkpoint import checkpoint
 
     from gasp_plugin.core.attach import GaspGradientError
 
     model, processor = build_tiny_model("qwen2_vl", image_size=112)
-    handle = attach_gasp(model, GaspConfig(embed_dim=16, qk_weight=1.0))
-    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=r".*language_model\.layers\.\d+\.self_attn\.q_proj"))
-    handle.ensure_trainable()
-    peft_model.train()
-    peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
-    peft_model.enable_input_require_grads()  # what PEFT / the Trainer do for re-entrant checkpointing
+    handle = attach_gasp(model, CFG)
+    for _, layer in get_adapter(model).decoder_layers(model):
+        base = type(layer)
+        layer.__class__ = type(f"Checkpointed{base.__name__}", (base,), {
+            "__call__": lambda self, *a, _base=base, **k: checkpoint(
+                lambda *x: _base.__call__(self, *x, **k), *a, use_reentrant=True)})
+    model.train()
     inputs, targets = _inputs(model, processor)
-    peft_model(**inputs)
-    if reentrant:
-        with pytest.raises(GaspGradientError, match="'q' state.*use_reentrant"):
-            handle.compute_loss(targets)
-        return
-    handle.compute_loss(targets).total.backward()
-    lora_b = [p.grad for n, p in peft_model.named_parameters() if "lora_B" in n]
-    assert lora_b and all(g is not None and g.abs().sum() > 0 for g in lora_b)
+    model(**inputs)
+    with pytest.raises(GaspGradientError, match="use_reentrant"):
+        handle.compute_loss(targets)
 
 
 def test_a_frozen_model_is_an_error():

@@ -109,8 +109,8 @@ def test_qk_term_follows_lora_wrappers_added_after_attach():
     last = len(adapter.decoder_layers(model)) - 1
     q_wrapped = adapter.attention_projections(adapter.decoder_layers(peft_model)[last][1])[0]
     seen = {}
-    def keep(_module, _inputs, output):  # returns None: leaves the output alone
-        seen["q"] = output.detach()
+    def keep(_module, _inputs, output):  # the layer's own call comes first; returns None: output untouched
+        seen.setdefault("q", output.detach())
 
     hook = q_wrapped.register_forward_hook(keep)
     peft_model(**inputs)

@@ -116,7 +116,9 @@ class GaspHandle:
                 "(or compute the loss under torch.no_grad() to evaluate)"
             )
         for kind, per_layer in states.items():
-            detached = sorted(layer for layer, x in per_layer.items() if not x.requires_grad)
+            # a view taken inside a re-entrant checkpoint reports requires_grad (its base became the
+            # checkpoint's output) but has no grad_fn: gradients would stop at it
+            detached = sorted(layer for layer, x in per_layer.items() if x.grad_fn is None)
             if detached and len(detached) == len(per_layer):
                 raise GaspGradientError(
                     f"no captured {kind!r} state (layers {detached}) has a gradient path into the model, so GASP "

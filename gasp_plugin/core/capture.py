@@ -1,15 +1,26 @@
-"""Capture of visual-token states inside a running VLM, by forward hooks.
+"""Capture of visual-token states inside a running VLM, by forward hooks on the decoder layers.
 
-What is kept: for each chosen decoder layer, a *view* ``[b, S, ·]`` of the layer output (and
-optionally of its q_proj / k_proj outputs, pre-RoPE) over the span ``[start, end)`` of sequence
-positions that holds visual tokens: the first to the last visual token of the batch. A view costs
-no memory (the layer output is kept for backward anyway), and text tokens outside the span are
-never touched.
+What is kept: for each chosen decoder layer, a *view* ``[b, S, ·]`` of the layer output over the
+span ``[start, end)`` of sequence positions that holds visual tokens (the first to the last visual
+token of the batch), and optionally the layer's q_proj / k_proj outputs (pre-RoPE) at those
+positions. A view costs no memory (the layer output is kept for backward anyway), and text tokens
+outside the span are never touched.
+
+**Why q/k are recomputed, not hooked.** Every hook sits on the decoder layer module itself, never
+inside it: transformers (5.x) checkpoints a layer's ``forward``, so hooks on the layer run outside
+the checkpoint and see tensors with a graph under re-entrant and non-re-entrant checkpointing
+alike, while hooks on q_proj / k_proj would run inside it (under re-entrant checkpointing: no
+graph, so the q/k term would train nothing). So a pre-hook keeps the layer's *input* span and the
+output hook computes ``q_proj(input_layernorm(x))`` and ``k_proj(...)`` on that span, with the
+projections the layer holds at that moment (a PEFT LoRA wrapper included). Cost: the two
+projections once more on the visual span, only when the q/k term is on. A wrapper that
+checkpoints the whole layer call (hooks inside the checkpoint) leaves the captured states without
+a graph; :class:`gasp_plugin.core.attach.GaspHandle` then refuses to train, naming the setting.
 
 Capture is *armed* when the LLM's token embedding runs (its input_ids give the span) and
-*disarmed* when the LLM's final norm runs. Gradient checkpointing re-runs decoder layers during
-backward, after the final norm, so those calls are counted (``recomputed``) but never captured
-again. A layer that runs twice within one armed forward is an error.
+*disarmed* when the LLM's final norm runs. Gradient checkpointing that re-runs decoder layers
+during backward does so after the final norm: those calls are counted (``recomputed``) but never
+captured again. A layer that runs twice within one armed forward is an error.
 
 Shape notation: ``b`` batch rows, ``L`` sequence length, ``S`` span length, ``d`` hidden size.
 
@@ -52,7 +63,7 @@ class VisualCapture:
         self._decoder = decoder
         self._visual_ids = adapter.visual_token_ids()
         self._handles: list = []
-        self._proj_hooks: dict = {}  # (kind, layer) -> (projection module, hook handle)
+        self._inputs: dict[int, torch.Tensor] = {}  # layer -> input span, until its output hook runs
         self._armed = False
         self.span: tuple[int, int] | None = None
         self.visual_mask: torch.Tensor | None = None
@@ -63,7 +74,7 @@ class VisualCapture:
     def _arm(self, _module, args, kwargs=None):
         ids = args[0] if args else (kwargs or {}).get("input")
         self.states = {k: {} for k in self.kinds}
-        self._bind_projections()
+        self._inputs.clear()
         self.span, self.visual_mask, self._armed = None, None, True
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
             return
@@ -76,19 +87,40 @@ class VisualCapture:
     def _disarm(self, *_):
         self._armed = False
 
-    def _store(self, kind: str, layer: int):
+    def _keep_input(self, layer: int):
+        def hook(_module, args, kwargs):
+            if self._armed and self.span is not None:
+                x = args[0] if args else kwargs["hidden_states"]
+                self._inputs[layer] = x[:, self.span[0] : self.span[1]]
+
+        return hook
+
+    def _store(self, layer: int):
         def hook(_module, _inputs, output):
             if not self._armed:
-                self.recomputed += kind == "hidden"
+                self.recomputed += 1
                 return
             if self.span is None:
                 return
-            if layer in self.states[kind]:
+            if layer in self.states[self.kinds[0]]:
                 raise RuntimeError(f"decoder layer {layer} ran twice in one forward; cannot tell which output to use")
-            out = _first(output)[:, self.span[0] : self.span[1]]
-            self.states[kind][layer] = out.detach() if self.detach else out
+            if "hidden" in self.kinds:
+                out = _first(output)[:, self.span[0] : self.span[1]]
+                self.states["hidden"][layer] = out.detach() if self.detach else out
+            if "q" in self.kinds or "k" in self.kinds:
+                self._store_qk(layer, self._inputs.pop(layer))
 
         return hook
+
+    def _store_qk(self, layer: int, x: torch.Tensor) -> None:
+        """q_proj / k_proj outputs ``[b, S, ·]`` of the layer's normed input span (see module doc)."""
+        module = self._decoder[layer][1]
+        normed = self.adapter.attention_input_norm(module)(x)
+        q, k = self.adapter.attention_projections(module)
+        for kind, proj in (("q", q), ("k", k)):
+            if kind in self.kinds:
+                out = proj(normed)
+                self.states[kind][layer] = out.detach() if self.detach else out
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "VisualCapture":
@@ -99,34 +131,16 @@ class VisualCapture:
         self._handles.append(norm.register_forward_hook(self._disarm))
         for layer in self.layers:
             module = self._decoder[layer][1]
-            if "hidden" in self.kinds:
-                self._handles.append(module.register_forward_hook(self._store("hidden", layer)))
-        self._bind_projections()
+            if "q" in self.kinds or "k" in self.kinds:
+                self._handles.append(module.register_forward_pre_hook(self._keep_input(layer), with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._store(layer)))
         return self
-
-    def _bind_projections(self) -> None:
-        """Hook the q/k projections that the layers use *now*. PEFT replaces ``q_proj`` by a LoRA
-        wrapper after GASP is attached; a hook left on the wrapped base layer would miss the LoRA
-        delta, so each forward re-binds to the current module when it has changed."""
-        for layer in self.layers if ("q" in self.kinds or "k" in self.kinds) else ():
-            q, k = self.adapter.attention_projections(self._decoder[layer][1])
-            for kind, proj in (("q", q), ("k", k)):
-                if kind not in self.kinds:
-                    continue
-                bound = self._proj_hooks.get((kind, layer))
-                if bound is not None and bound[0] is proj:
-                    continue
-                if bound is not None:
-                    bound[1].remove()
-                self._proj_hooks[(kind, layer)] = (proj, proj.register_forward_hook(self._store(kind, layer)))
 
     def stop(self) -> None:
         for h in self._handles:
             h.remove()
-        for _, h in self._proj_hooks.values():
-            h.remove()
         self._handles.clear()
-        self._proj_hooks.clear()
+        self._inputs.clear()
         self._armed = False
 
     def __enter__(self) -> "VisualCapture":

@@ -190,6 +190,13 @@ class VLMAdapter(ABC):
         ids = [getattr(self.config, "image_token_id", None), getattr(self.config, "video_token_id", None)]
         return [int(i) for i in ids if i is not None]
 
+    def attention_input_norm(self, layer: nn.Module) -> nn.Module:
+        """The norm a decoder layer applies to its input before the attention projections."""
+        norm = getattr(layer, "input_layernorm", None)
+        if norm is None:
+            raise ValueError(f"{type(layer).__name__} has no input_layernorm")
+        return norm
+
     def attention_projections(self, layer: nn.Module) -> tuple[nn.Module, nn.Module]:
         """``(q_proj, k_proj)`` of a decoder layer (LoRA wrappers included when present)."""
         attn = getattr(layer, "self_attn", None)
