@@ -10,6 +10,7 @@ columns), so a reader that forgets a conversion fails the tracks check.
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -109,3 +110,58 @@ def write_sens(path, colour: SyntheticScene, depth: SyntheticScene | None = None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(bytes(out))
     return path
+
+
+# --- nerfstudio / DL3DV ------------------------------------------------------------------------
+
+GL_FROM_CV_AXES = np.diag([1.0, -1.0, -1.0, 1.0])  # negate the camera's y and z axes
+
+
+def write_nerfstudio(root, synth: SyntheticScene, factor: int = 4, depth: str | None = "npy",
+                     depth_file_path: bool = False, depth_unit: float | None = None) -> Path:
+    """DL3DV-style: ``transforms.json`` with intrinsics of the full ``factor``x-size frames (pixel
+    centres at +0.5), OpenGL camera-to-world matrices, frames in ``images_{factor}/`` (full size:
+    ``images/`` when ``factor == 1``), depth in ``depth/`` as ``.npy`` metres or 16-bit ``.png``
+    (``1 / depth_unit`` per metre) or, with ``depth_file_path``, listed per frame."""
+    root = Path(root)
+    folder = root / ("images" if factor == 1 else f"images_{factor}")
+    folder.mkdir(parents=True, exist_ok=True)
+    w, h = synth.width * factor, synth.height * factor
+    K = synth.intrinsics(0)
+    # intrinsics of the full-size frames in corner-origin pixels: x_corner = x_centre + 0.5, scaled
+    fx, fy = K[0, 0] * factor, K[1, 1] * factor
+    cx, cy = (K[0, 2] + 0.5) * factor, (K[1, 2] + 0.5) * factor
+    frames = []
+    for i in range(len(synth)):
+        name = f"frame_{i + 1:05d}.png"
+        Image.fromarray(synth.image(i)).save(folder / name)
+        frame = {"file_path": f"images/{name}", "transform_matrix": (synth.pose(i) @ GL_FROM_CV_AXES).tolist(),
+                 "colmap_im_id": i + 1}
+        if depth is not None:
+            stem = root / "depth" / f"frame_{i + 1:05d}"
+            stem.parent.mkdir(exist_ok=True)
+            if depth == "npy":
+                np.save(f"{stem}.npy", synth.depth(i).astype(np.float32))
+            else:
+                write_png_depth(f"{stem}.png", synth.depth(i), 1.0 / (depth_unit or 1e-3))
+            if depth_file_path:
+                frame["depth_file_path"] = f"depth/frame_{i + 1:05d}.{depth}"
+        frames.append(frame)
+    frames = frames[::-1]  # file order is not frame order
+    meta = {"camera_model": "OPENCV", "fl_x": fx, "fl_y": fy, "cx": cx, "cy": cy, "w": w, "h": h,
+            "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames}
+    if depth_unit is not None:
+        meta["depth_unit_scale_factor"] = depth_unit
+    (root / "transforms.json").write_text(json.dumps(meta, indent=1))
+    return root
+
+
+def gasp_tracks(argv: list[str]) -> int:
+    """``gasp tracks ARGV`` through the command's own module (what ``gasp_plugin.cli`` runs)."""
+    import argparse
+
+    from gasp_plugin.data import tracks_cli
+
+    parser = argparse.ArgumentParser(prog="gasp tracks")
+    tracks_cli.add_arguments(parser)
+    return tracks_cli.run(parser.parse_args(argv))

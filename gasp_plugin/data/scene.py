@@ -119,6 +119,7 @@ READERS: dict[str, str] = {
     "7scenes": "gasp_plugin.data.readers.sevenscenes:SevenScenesScene",
     "video": "gasp_plugin.data.readers.video:VideoScene",
     "scannet-sens": "gasp_plugin.data.readers.scannet_sens:ScanNetSensScene",
+    "nerfstudio": "gasp_plugin.data.readers.nerfstudio:NerfstudioScene",
 }
 
 
