@@ -177,3 +177,34 @@ def _scaled(intrinsics, factor):
     k[:, :2, :2] *= factor
     k[:, :2, 2] = (k[:, :2, 2] + 0.5) * factor - 0.5
     return k
+
+
+@pytest.mark.parametrize("hw", [(480, 640), (1280, 720), (192, 256)])
+def test_llava_pad_to_square(hw):
+    """``LlavaImageProcessor(do_pad=True)`` pads the frame to a square before resizing: the layout
+    maps every cell that shows the frame to the token the processor puts it in (before: none)."""
+    from types import SimpleNamespace
+
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+    model, processor = build_tiny_model("llava", image_size=224)
+    adapter = get_adapter(model)
+    clip = processor.image_processor
+    ip = LlavaImageProcessorPil(do_pad=True, size=dict(clip.size), crop_size=dict(clip.crop_size),
+                                image_mean=clip.image_mean, image_std=clip.image_std)
+    padded = SimpleNamespace(image_processor=ip)
+    layout = adapter.frame_layout(padded, hw)
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    base = ip(images=[frame], return_tensors="pt")["pixel_values"]
+    centres = layout.token_centres().round().long()
+    inside = ((centres[:, 0] >= 0) & (centres[:, 0] < hw[1]) & (centres[:, 1] >= 0) & (centres[:, 1] < hw[0]))
+    assert 0 < int(inside.sum()) < layout.num_tokens  # some cells show only padding
+    scale = max(hw) / layout.resized_hw[0]
+    r = int(np.ceil(scale / 2)) - 1 if scale > 1.5 else 0
+    for token in torch.nonzero(inside).flatten().tolist()[::3]:
+        x, y = centres[token].tolist()
+        bumped = frame.copy()
+        bumped[max(y - r, 0): y + r + 1, max(x - r, 0): x + r + 1] ^= 0xFF
+        change = _token_change("llava", padded, adapter, base, bumped)
+        assert int(change.argmax()) == token == int(layout.pixels_to_tokens(torch.tensor([float(x), float(y)])))

@@ -1,7 +1,8 @@
 """LLaVA (1.5-style) adapter.
 
-Token layout: the CLIP image processor resizes the shortest edge to ``size`` and centre-crops
-``crop_size``; the vision tower cuts the crop into ``patch x patch`` cells, one LLM token each, in
+Token layout: the image processor pads the frame to a square first when ``do_pad`` is set
+(``LlavaImageProcessor``, the original LLaVA's pad-to-square), resizes the shortest edge to
+``size`` and centre-crops ``crop_size``; the vision tower cuts the crop into ``patch x patch`` cells, one LLM token each, in
 raster order. With ``vision_feature_select_strategy == "full"`` the class token comes first and is
 skipped here (it has no cell). Pixels cropped away map to no token (-1).
 
@@ -79,19 +80,26 @@ class LlavaAdapter(VLMAdapter):
         return [[grid] * len(row) for row in self.frame_token_counts(inputs)]
 
     def frame_layout(self, processor: Any, orig_hw: tuple[int, int]) -> FrameLayout:
+        """Pad to square (``do_pad``: the frame centred on a ``max(h, w)`` canvas, as
+        ``LlavaImageProcessor.pad_to_square``), resize (shortest edge, or a fixed size), centre-crop."""
         from transformers.image_transforms import get_resize_output_image_size
 
         ip = processor.image_processor
         h, w = int(orig_hw[0]), int(orig_hw[1])
+        ph, pw, pad = h, w, (0, 0)
+        if getattr(ip, "do_pad", False):
+            side = max(h, w)
+            ph = pw = side
+            pad = ((side - h) // 2, 0) if w > h else (0, (side - w) // 2)
         short = _get(ip.size, "shortest_edge")
         if getattr(ip, "do_resize", True) and short:
             rh, rw = get_resize_output_image_size(
-                np.zeros((3, h, w), np.uint8), size=int(short), default_to_square=False, input_data_format="channels_first"
+                np.zeros((3, ph, pw), np.uint8), size=int(short), default_to_square=False, input_data_format="channels_first"
             )
         elif getattr(ip, "do_resize", True):
             rh, rw = int(_get(ip.size, "height")), int(_get(ip.size, "width"))
         else:
-            rh, rw = h, w
+            rh, rw = ph, pw
         ch, cw = rh, rw
         top = left = 0
         if getattr(ip, "do_center_crop", False):
@@ -99,4 +107,5 @@ class LlavaAdapter(VLMAdapter):
             if ch > rh or cw > rw:
                 raise ValueError(f"crop {ch}x{cw} larger than the resized frame {rh}x{rw}; padding crops are not supported")
             top, left = int((rh - ch) / 2.0), int((rw - cw) / 2.0)
-        return FrameLayout((h, w), (int(rh), int(rw)), (top, left), self.patch, (ch // self.patch, cw // self.patch))
+        return FrameLayout((h, w), (int(rh), int(rw)), (top, left), self.patch, (ch // self.patch, cw // self.patch),
+                           pad, (ph, pw))

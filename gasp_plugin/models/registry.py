@@ -49,6 +49,9 @@ class FrameLayout:
         crop_yx: top-left ``(y, x)`` of the crop inside the resized image (0, 0 without crop).
         cell: side of one token's cell in resized pixels (Qwen: patch * merge; LLaVA: patch).
         grid_hw: ``(gh, gw)`` tokens of the frame.
+        pad_yx: top-left ``(y, x)`` of the original frame inside the canvas the processor pads it
+            onto before resizing (LLaVA's pad-to-square); ``(0, 0)`` without padding.
+        padded_hw: ``(h, w)`` of that canvas (the image the resize reads); ``None`` = ``orig_hw``.
     """
 
     orig_hw: tuple[int, int]
@@ -56,20 +59,28 @@ class FrameLayout:
     crop_yx: tuple[int, int]
     cell: int
     grid_hw: tuple[int, int]
+    pad_yx: tuple[int, int] = (0, 0)
+    padded_hw: tuple[int, int] | None = None
 
     @property
     def num_tokens(self) -> int:
         """``gh * gw``, the frame's token count."""
         return self.grid_hw[0] * self.grid_hw[1]
 
+    def _scale(self, axis: int) -> float:
+        """Resized pixels per canvas (padded original) pixel along ``axis``."""
+        canvas = self.padded_hw or self.orig_hw
+        return self.resized_hw[axis] / canvas[axis]
+
     def _to_resized(self, p, axis: int):
         """Original pixel coordinate ``p`` (any shape) -> coordinate in the cropped resized image
-        along ``axis`` (0 = y, 1 = x); the pixel's centre maps to the centre of its footprint."""
-        return (p + 0.5) * (self.resized_hw[axis] / self.orig_hw[axis]) - self.crop_yx[axis]
+        along ``axis`` (0 = y, 1 = x): shifted onto the padded canvas, scaled, cropped; the pixel's
+        centre maps to the centre of its footprint."""
+        return (p + self.pad_yx[axis] + 0.5) * self._scale(axis) - self.crop_yx[axis]
 
     def _to_original(self, u, axis: int):
         """Inverse of :meth:`_to_resized`: cropped resized coordinate ``u`` -> original pixel."""
-        return (u + self.crop_yx[axis]) * (self.orig_hw[axis] / self.resized_hw[axis]) - 0.5
+        return (u + self.crop_yx[axis]) / self._scale(axis) - 0.5 - self.pad_yx[axis]
 
     def pixels_to_tokens(self, xy: torch.Tensor) -> torch.Tensor:
         """Raster token index (``row * gw + col``) of original-frame pixels; -1 outside the grid.
