@@ -165,3 +165,45 @@ def gasp_tracks(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="gasp tracks")
     tracks_cli.add_arguments(parser)
     return tracks_cli.run(parser.parse_args(argv))
+
+
+# --- ARKitScenes raw ---------------------------------------------------------------------------
+
+def angle_axis(R: np.ndarray) -> np.ndarray:
+    """Angle-axis of a rotation by the textbook formula (angles away from 0 and pi)."""
+    angle = np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))
+    axis = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]]) / (2 * np.sin(angle))
+    return axis * angle
+
+
+def traj_line(t: float, world_from_cam: np.ndarray) -> str:
+    """A ``.traj`` line: the world-to-camera transform as angle-axis and translation."""
+    R_cw = world_from_cam[:3, :3].T
+    t_cw = -R_cw @ world_from_cam[:3, 3]
+    return " ".join(f"{v:.9f}" for v in [t, *angle_axis(R_cw), *t_cw])
+
+
+def write_arkitscenes(root, synth: SyntheticScene, video: str = "41069025", t0: float = 6251.483,
+                      dt: float = 0.1, jitter: float = 0.0013, decoys: bool = True) -> Path:
+    """ARKitScenes raw layout; frame ``i`` at ``t0 + i * dt``. The trajectory stamps each pose
+    ``jitter`` s late and, with ``decoys``, holds other poses 1/60 s before and after each frame
+    (the matcher must take the nearest)."""
+    root = Path(root)
+    for sub in ("lowres_wide", "lowres_depth", "lowres_wide_intrinsics"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    lines = []
+    K = synth.intrinsics(0)
+    for i in range(len(synth)):
+        t = t0 + i * dt
+        name = f"{video}_{t:.3f}"
+        Image.fromarray(synth.image(i)).save(root / "lowres_wide" / f"{name}.png")
+        write_png_depth(root / "lowres_depth" / f"{name}.png", synth.depth(i))
+        (root / "lowres_wide_intrinsics" / f"{name}.pincam").write_text(
+            f"{synth.width} {synth.height} {K[0, 0]} {K[1, 1]} {K[0, 2]} {K[1, 2]}\n")
+        if decoys:
+            shifted = synth.pose(i).copy()
+            shifted[:3, 3] += 0.05
+            lines += [traj_line(t - 1 / 60, shifted), traj_line(t + 1 / 60, shifted)]
+        lines.append(traj_line(t + jitter, synth.pose(i)))
+    (root / "lowres_wide.traj").write_text("\n".join(sorted(lines, key=lambda s: float(s.split()[0]))) + "\n")
+    return root

@@ -120,6 +120,7 @@ READERS: dict[str, str] = {
     "video": "gasp_plugin.data.readers.video:VideoScene",
     "scannet-sens": "gasp_plugin.data.readers.scannet_sens:ScanNetSensScene",
     "nerfstudio": "gasp_plugin.data.readers.nerfstudio:NerfstudioScene",
+    "arkitscenes": "gasp_plugin.data.readers.arkitscenes:ARKitScenesScene",
 }
 
 
