@@ -207,3 +207,65 @@ def write_arkitscenes(root, synth: SyntheticScene, video: str = "41069025", t0: 
         lines.append(traj_line(t + jitter, synth.pose(i)))
     (root / "lowres_wide.traj").write_text("\n".join(sorted(lines, key=lambda s: float(s.split()[0]))) + "\n")
     return root
+
+
+# --- COLMAP ------------------------------------------------------------------------------------
+
+def colmap_array(depth: np.ndarray) -> bytes:
+    """A COLMAP depth-map file: ``w&h&1&`` then float32 row-major."""
+    h, w = depth.shape
+    return f"{w}&{h}&1&".encode() + np.asarray(depth, "<f4").tobytes()
+
+
+def write_colmap(root, synth: SyntheticScene, binary: bool = True, dense: bool = True, model: str = "PINHOLE",
+                 subdir: str = "sparse", extra_params=()) -> Path:
+    """A COLMAP workspace: images/ (PNG), a sparse model with one camera (pixel centres at +0.5) and
+    world-to-camera poses as w-first quaternions, and either ``stereo/depth_maps/*.geometric.bin``
+    (``dense``) or ``depth/*.npy``. Image ids are assigned in reverse name order."""
+    from gasp_plugin.geometry.conventions import quaternion_from_rotation
+
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / subdir).mkdir(parents=True, exist_ok=True)
+    K = synth.intrinsics(0)
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5
+    params = {"PINHOLE": [fx, fy, cx, cy], "SIMPLE_PINHOLE": [fx, cx, cy], "OPENCV": [fx, fy, cx, cy]}[model]
+    params = params + list(extra_params)
+    model_id = {"SIMPLE_PINHOLE": 0, "PINHOLE": 1, "OPENCV": 4}[model]
+    images = []
+    n = len(synth)
+    for i in range(n):
+        name = f"IMG_{i:04d}.png"
+        Image.fromarray(synth.image(i)).save(root / "images" / name)
+        T = synth.pose(i)
+        R_cw = T[:3, :3].T
+        q, t = quaternion_from_rotation(R_cw), -R_cw @ T[:3, 3]
+        images.append((n - i, name, q, t))
+        if dense:
+            (root / "stereo" / "depth_maps").mkdir(parents=True, exist_ok=True)
+            (root / "stereo" / "depth_maps" / f"{name}.geometric.bin").write_bytes(colmap_array(synth.depth(i)))
+        else:
+            (root / "depth").mkdir(exist_ok=True)
+            np.save(root / "depth" / f"IMG_{i:04d}.npy", synth.depth(i).astype(np.float32))
+    model_dir = root / subdir
+    if binary:
+        cams = struct.pack("<Q", 1) + struct.pack("<iiQQ", 1, model_id, synth.width, synth.height)
+        cams += struct.pack(f"<{len(params)}d", *params)
+        (model_dir / "cameras.bin").write_bytes(cams)
+        out = bytearray(struct.pack("<Q", n))
+        for image_id, name, q, t in images:
+            out += struct.pack("<i7di", image_id, *q, *t, 1) + name.encode() + b"\0"
+            out += struct.pack("<Q", 2) + struct.pack("<ddqddq", 1.5, 2.5, -1, 3.5, 4.5, 7)
+        (model_dir / "images.bin").write_bytes(bytes(out))
+        (model_dir / "points3D.bin").write_bytes(struct.pack("<Q", 0))
+    else:
+        (model_dir / "cameras.txt").write_text(
+            "# Camera list with one line of data per camera:\n#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n"
+            f"1 {model} {synth.width} {synth.height} " + " ".join(repr(float(p)) for p in params) + "\n")
+        lines = ["# Image list with two lines of data per image:", "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME"]
+        for k, (image_id, name, q, t) in enumerate(images):
+            lines.append(" ".join([str(image_id), *(repr(float(v)) for v in (*q, *t)), "1", name]))
+            lines.append("" if k % 2 else "1.5 2.5 -1 3.5 4.5 7")  # keypoint lines, some empty
+        (model_dir / "images.txt").write_text("\n".join(lines) + "\n")
+        (model_dir / "points3D.txt").write_text("")
+    return root

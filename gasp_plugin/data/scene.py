@@ -121,6 +121,7 @@ READERS: dict[str, str] = {
     "scannet-sens": "gasp_plugin.data.readers.scannet_sens:ScanNetSensScene",
     "nerfstudio": "gasp_plugin.data.readers.nerfstudio:NerfstudioScene",
     "arkitscenes": "gasp_plugin.data.readers.arkitscenes:ARKitScenesScene",
+    "colmap": "gasp_plugin.data.readers.colmap:ColmapScene",
 }
 
 

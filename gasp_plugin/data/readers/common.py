@@ -30,6 +30,8 @@ __all__ = [
     "read_depth_file",
     "DepthResampler",
     "pose_reasons",
+    "depth_folder",
+    "depth_files",
     "FileScene",
 ]
 
@@ -225,6 +227,24 @@ class DepthResampler:
             Kd = K_depth if K_depth is not None else scale_intrinsics(K_image, image_size, (wd, hd))
             self._cache[key] = depth_lookup_index(Kd, K_image, image_size, depth.shape)
         return resample_depth_nearest(depth, None, None, image_size, index=self._cache[key])
+
+
+def depth_folder(scene: Path, depth_dir: str | Path | None, default: str = "depth") -> Path:
+    """The folder of user-supplied depth maps: ``depth_dir`` (a relative path is tried from the
+    working folder, then from ``scene``) or ``scene / default``. It may not exist."""
+    if depth_dir is None:
+        return Path(scene) / default
+    folder = Path(depth_dir)
+    return folder if folder.is_absolute() or folder.exists() else Path(scene) / folder
+
+
+def depth_files(folder: Path, stems: list[str]) -> list[Path]:
+    """Per frame ``folder/STEM.npy`` if it exists, else ``folder/STEM.png`` (which may not)."""
+    out = []
+    for stem in stems:
+        npy = Path(folder) / f"{stem}.npy"
+        out.append(npy if npy.is_file() else Path(folder) / f"{stem}.png")
+    return out
 
 
 def pose_reasons(poses: np.ndarray) -> dict[int, str]:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gasp_plugin.data.readers.common import IMAGE_SUFFIXES, FileScene, scale_intrinsics
+from gasp_plugin.data.readers.common import IMAGE_SUFFIXES, FileScene, depth_files, depth_folder, scale_intrinsics
 from gasp_plugin.geometry.conventions import intrinsics_from_corner_origin, opencv_from_opengl
 
 __all__ = ["NerfstudioScene"]
@@ -148,16 +148,9 @@ class NerfstudioScene(FileScene):
     def _depth_files(path: Path, frames: list, names: list[str], depth_dir) -> list[Path]:
         if depth_dir is None and all("depth_file_path" in f for f in frames):
             return [path / str(f["depth_file_path"]) for f in frames]
-        folder = path / "depth" if depth_dir is None else Path(depth_dir)
-        if not folder.is_absolute() and not folder.exists():
-            folder = path / folder  # relative to the scene
+        folder = depth_folder(path, depth_dir)
         if not folder.is_dir():
             raise ValueError(f"{path}: no depth for this scene (DL3DV ships none): put depth maps in {folder} "
                              "(STEM.png, 16-bit, depth_scale units per metre; or STEM.npy, float metres), "
                              "or pass depth_dir=")
-        out = []
-        for name in names:
-            stem = Path(name).stem
-            found = [folder / f"{stem}{ext}" for ext in (".npy", ".png") if (folder / f"{stem}{ext}").is_file()]
-            out.append(found[0] if found else folder / f"{stem}.png")
-        return out
+        return depth_files(folder, [Path(n).stem for n in names])
