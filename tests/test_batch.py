@@ -9,7 +9,13 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from gasp_plugin.core.attach import attach_gasp  # noqa: E402
-from gasp_plugin.core.batch import TARGETS_KEY, GeometryCollator, build_geometry_example, token_depths  # noqa: E402
+from gasp_plugin.core.batch import (  # noqa: E402
+    TARGETS_KEY,
+    GeometryCollator,
+    build_geometry_example,
+    one_point_per_token,
+    token_depths,
+)
 from gasp_plugin.core.config import GaspConfig  # noqa: E402
 from gasp_plugin.data.scene import Clip  # noqa: E402
 from gasp_plugin.geometry.tracks import Tracks  # noqa: E402
@@ -63,6 +69,9 @@ def test_example_targets_follow_tracks(tiny):
     ex = build_geometry_example(clip, tracks, processor, adapter)
     tg = ex[TARGETS_KEY]
     layout = adapter.frame_layout(processor, (90, 120))
+    # anchor points sharing a token are reduced to one each (one_point_per_token, tested below)
+    tracks = tracks.select_points(one_point_per_token(tracks.query_xy, layout.pixels_to_tokens(tracks.query_xy), layout))
+    assert tg.anchor_tokens.shape[-1] == tracks.num_points
     assert tg.target_frames.tolist() == [[1, 2]] and tg.anchor_frame.tolist() == [0]
     for j, row in enumerate([1, 2]):
         want = layout.pixels_to_tokens(tracks.xy[row])
@@ -80,9 +89,11 @@ def test_collator_pads_and_loss_runs(tiny):
     b = build_geometry_example(_clip(2, seed=1), _tracks(2, p=4, seed=1), processor, adapter)
     batch = GeometryCollator(processor)([a, b])
     tg = batch[TARGETS_KEY]
-    assert tg.token_positions.shape[:2] == (2, 3) and tg.pos_tokens.shape == (2, 2, 7)
+    pa, pb = (ex[TARGETS_KEY].anchor_tokens.shape[-1] for ex in (a, b))  # points left, one per token
+    assert pb < pa
+    assert tg.token_positions.shape[:2] == (2, 3) and tg.pos_tokens.shape == (2, 2, pa)
     assert (tg.token_positions[1, 2] == -1).all() and (tg.target_frames[1, 1] == -1)
-    assert (tg.anchor_tokens[1, 4:] == -1).all() and not tg.visible[1, :, 4:].any()
+    assert (tg.anchor_tokens[1, pb:] == -1).all() and not tg.visible[1, :, pb:].any()
     L = batch["input_ids"].shape[1]
     short = a if a["input_ids"].shape[1] < L else b
     row = 0 if short is a else 1
@@ -147,8 +158,25 @@ def test_qwen_video_example_uses_group_first_frames():
     ex = build_geometry_example(clip, tracks, processor, adapter, as_video=True)
     tg = ex[TARGETS_KEY]
     layout = adapter.frame_layout(processor, (90, 120))
+    tracks = tracks.select_points(one_point_per_token(tracks.query_xy, layout.pixels_to_tokens(tracks.query_xy), layout))
     assert tg.token_positions.shape[1] == 2 and tg.target_frames.tolist() == [[1]]
     assert torch.equal(tg.pos_tokens[0, 0], layout.pixels_to_tokens(tracks.xy[2]))
     odd = Tracks(tracks.xy, tracks.visible, tracks.depth, tracks.query_xy, 1)
     with pytest.raises(ValueError, match="second frame of temporal group"):
         build_geometry_example(clip, odd, processor, adapter, as_video=True)
+
+
+def test_one_point_per_token_keeps_the_point_nearest_each_cell_centre():
+    from gasp_plugin.models.registry import FrameLayout
+
+    layout = FrameLayout((112, 112), (112, 112), (0, 0), 28, (4, 4))  # cell centres at 13.5 + 28 k
+    xy = torch.tensor([[20.0, 20.0],   # token 0, 6.5 px from the (13.5, 13.5) centre on each axis
+                       [14.0, 13.0],   # token 0, nearest: kept
+                       [-5.0, 3.0],    # outside: kept
+                       [50.0, 10.0],   # token 1, alone: kept
+                       [14.0, 14.0],   # token 0, as near as point 1: the earlier one wins
+                       [41.0, 41.0]])  # token 5: kept
+    tokens = layout.pixels_to_tokens(xy)
+    assert tokens.tolist() == [0, 0, -1, 1, 0, 5]
+    assert one_point_per_token(xy, tokens, layout).tolist() == [1, 2, 3, 5]
+    assert one_point_per_token(xy[:0], tokens[:0], layout).tolist() == []

@@ -106,7 +106,7 @@ def test_sampler_argument_errors(scenes):
 
 def test_clip_sampling_defaults_are_the_papers():
     s = ClipSampling()
-    assert (s.min_frames, s.max_frames, s.window, s.grid, s.keep) == (8, 24, 48, 8, 0.5)
+    assert (s.min_frames, s.max_frames, s.window, s.grid, s.keep) == (8, 24, 48, (8,), 0.5)
     assert s.num_frames == (8, 24)
     with pytest.raises(AttributeError):
         s.window = 3  # frozen
@@ -117,7 +117,7 @@ def test_clip_sampling_defaults_are_the_papers():
     ({"min_frames": 2.5}, "min_frames", "an int >= 2; got 2.5"),
     ({"min_frames": 6, "max_frames": 5}, "max_frames", r"an int >= min_frames \(6\); got 5"),
     ({"window": 0}, "window", "an int >= 1; got 0"),
-    ({"grid": 0}, "grid", "an int >= 1; got 0"),
+    ({"grid": 0}, "grid", r"an int >= 1 or a list of distinct ints >= 1 \(e.g. \[8, 24\]\); got 0"),
     ({"keep": 0}, "keep", r"a number in \(0, 1\]; got 0"),
     ({"keep": 1.5}, "keep", r"a number in \(0, 1\]; got 1.5"),
     ({"keep": True}, "keep", r"a number in \(0, 1\]; got True"),
@@ -136,3 +136,11 @@ def test_geometry_ratio_check(value):
         check_geometry_ratio(value, "--gasp_ratio")
     assert info.value.field == "gasp_ratio"
     assert check_geometry_ratio(1) == 1.0 and check_geometry_ratio(0.25) == 0.25
+
+
+def test_clip_sampling_grids():
+    """One grid or several (the paper's coarse 8 and fine 24), stored as a tuple; bad ones named."""
+    assert ClipSampling(grid=[8, 24]).grid == (8, 24) and ClipSampling(grid=6).grid == (6,)
+    for bad in ([], [8, 8], [0], "8", 2.5):
+        with pytest.raises(ValueError, match=r"ClipSampling.grid must be an int >= 1 or a list"):
+            ClipSampling(grid=bad)

@@ -38,6 +38,14 @@ def test_arguments_parse_from_command_line():
     assert not GaspArguments().gasp_enabled and not GaspArguments(gasp_geometry_data="  ").gasp_enabled
 
 
+def test_grid_argument_takes_one_or_several_grids():
+    assert GaspArguments(gasp_grid="8,24").gasp_clip_sampling().grid == (8, 24)
+    assert GaspArguments(gasp_grid=6).gasp_clip_sampling().grid == (6,)
+    for bad in ("8,x", "8,8", "0"):
+        with pytest.raises(ValueError, match="--gasp_grid must be"):
+            GaspArguments(gasp_grid=bad)
+
+
 @pytest.mark.parametrize("text, expected", [("all", "all"), ("0,4,-1", [0, 4, -1]), (" 3 ", [3]), ("2:5", [2, 3, 4])])
 def test_parse_layers(text, expected):
     assert parse_layers(text) == expected

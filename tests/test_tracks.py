@@ -188,3 +188,20 @@ def test_hololens_matched_colours_agree_far_better_than_random(hololens_scene):
         random.append(np.abs(a - rb.astype(float)).mean(1))
     m, r = np.concatenate(matched).mean(), np.concatenate(random).mean()
     assert m < 0.4 * r, f"matched colour error {m:.1f} vs random {r:.1f}"
+
+
+def test_several_grids_keep_per_grid(hololens_scene):
+    """The paper's coarse and fine grids: each grid's best-tracked half is kept on its own, so the
+    576 fine points cannot crowd out the 64 coarse ones; points are concatenated coarse to fine."""
+    import math
+
+    from gasp_plugin.data import load_clip
+    from gasp_plugin.geometry.tracks import grid_tracks, tracks_for_clip
+
+    clip = load_clip(hololens_scene, [10, 12, 14])
+    coarse, fine = grid_tracks(clip, (8, 24))
+    both = tracks_for_clip(clip, grid=[8, 24], keep=0.5)
+    k8, k24 = math.ceil(0.5 * coarse.num_points), math.ceil(0.5 * fine.num_points)
+    assert both.num_points == k8 + k24 and fine.num_points > 8 * coarse.num_points
+    assert torch.equal(both.query_xy[:k8], tracks_for_clip(clip, grid=8, keep=0.5).query_xy)
+    assert torch.equal(both.xy[:, k8:], tracks_for_clip(clip, grid=24, keep=0.5).xy)

@@ -32,7 +32,7 @@ import torch
 from gasp_plugin.constants import IGNORE_INDEX, TARGETS_KEY
 from gasp_plugin.core.targets import GaspTargets
 
-__all__ = ["build_geometry_example", "GeometryCollator", "token_depths", "TARGETS_KEY"]
+__all__ = ["build_geometry_example", "one_point_per_token", "GeometryCollator", "token_depths", "TARGETS_KEY"]
 
 # TARGETS_KEY (key of the GaspTargets in an example / batch dict) is re-exported from gasp_plugin.constants
 _SEQ_KEYS = {"input_ids": None, "attention_mask": 0, "mm_token_type_ids": 0, "labels": IGNORE_INDEX}
@@ -68,6 +68,37 @@ def token_depths(depth: np.ndarray | torch.Tensor, layout) -> torch.Tensor:
     return out
 
 
+def one_point_per_token(query_xy: torch.Tensor, tokens: torch.Tensor, layout) -> torch.Tensor:
+    """``[k]`` indices of the points to keep: per anchor token, the one query point nearest the
+    token cell's centre (ties: the earlier point); points outside the grid (token -1) all stay.
+
+    Several query grids (the paper's 8 and 24) put up to a few points in one token. They would
+    share one anchor embedding while their tracks land in different target cells, asking the same
+    embedding to match several tokens at once; weighting them would only repeat that conflict.
+    So each token keeps the point that best stands for it, and the supervision is one anchor per
+    token, as the model can express it.
+
+    Args:
+        query_xy: ``[p, 2]`` anchor pixels. tokens: ``[p]`` their tokens (-1 outside).
+        layout: the anchor frame's :class:`gasp_plugin.models.registry.FrameLayout`.
+    """
+    p = tokens.numel()
+    inside = tokens >= 0
+    if p == 0 or not bool(inside.any()):
+        return torch.arange(p)
+    centres = layout.token_centres()[tokens.clamp(min=0)]  # [p, 2]
+    dist = (query_xy.double() - centres).pow(2).sum(-1)
+    dist = torch.where(inside, dist, torch.full_like(dist, float("inf")))
+    # sort by (token, distance, index): the first point of each token's run is kept
+    order = torch.argsort(dist, stable=True)
+    order = order[torch.argsort(tokens[order], stable=True)]
+    sorted_tok = tokens[order]
+    first = torch.ones(p, dtype=torch.bool)
+    first[1:] = sorted_tok[1:] != sorted_tok[:-1]
+    keep = order[first | (sorted_tok < 0)]
+    return torch.sort(keep).values
+
+
 def _check_inputs(clip, tracks) -> None:
     f = len(clip.images)
     if tracks.num_frames != f:
@@ -100,6 +131,8 @@ def build_geometry_example(
     adapter.check_layouts(inputs, layouts)  # targets index the grids the model will really see
     anchor_slot = rows.index(tracks.anchor)
     anchor_tokens = layouts[anchor_slot].pixels_to_tokens(tracks.query_xy.float())  # [p]
+    keep = one_point_per_token(tracks.query_xy, anchor_tokens, layouts[anchor_slot])
+    tracks, anchor_tokens = tracks.select_points(keep), anchor_tokens[keep]
     slots = [i for i in range(len(rows)) if i != anchor_slot]
     pos = torch.stack([layouts[i].pixels_to_tokens(tracks.xy[rows[i]].float()) for i in slots])  # [t, p]
     visible = torch.stack([tracks.visible[rows[i]].bool() for i in slots]) & (pos >= 0)

@@ -60,14 +60,15 @@ class ClipSampling:
         min_frames, max_frames: the clip length ``F`` is drawn uniformly from
             ``[min_frames, max_frames]`` (paper: 8..24).
         window: the other frames come from ``[anchor - window, anchor + window]`` (paper: 48).
-        grid: query points per side on the anchor frame (paper: 8).
+        grid: query points per side on the anchor frame: one grid, or several (the paper queries
+            a coarse 8 and a fine 24); ``keep`` applies per grid. Stored as a tuple.
         keep: the better-tracked fraction of queries kept (paper: 0.5).
     """
 
     min_frames: int = 8
     max_frames: int = 24
     window: int = 48
-    grid: int = 8
+    grid: int | tuple[int, ...] = 8
     keep: float = 0.5
 
     def __post_init__(self):
@@ -75,9 +76,12 @@ class ClipSampling:
             raise _invalid("ClipSampling.min_frames", "an int >= 2", self.min_frames)
         if not _is_int(self.max_frames) or self.max_frames < self.min_frames:
             raise _invalid("ClipSampling.max_frames", f"an int >= min_frames ({self.min_frames})", self.max_frames)
-        for name in ("window", "grid"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
-                raise _invalid(f"ClipSampling.{name}", "an int >= 1", getattr(self, name))
+        if not _is_int(self.window) or self.window < 1:
+            raise _invalid("ClipSampling.window", "an int >= 1", self.window)
+        grids = (self.grid,) if _is_int(self.grid) else tuple(self.grid) if isinstance(self.grid, (list, tuple)) else ()
+        if not grids or not all(_is_int(g) and g >= 1 for g in grids) or len(set(grids)) != len(grids):
+            raise _invalid("ClipSampling.grid", "an int >= 1 or a list of distinct ints >= 1 (e.g. [8, 24])", self.grid)
+        object.__setattr__(self, "grid", grids)
         if not _is_number(self.keep) or not 0.0 < self.keep <= 1.0:
             raise _invalid("ClipSampling.keep", "a number in (0, 1]", self.keep)
 
@@ -171,7 +175,7 @@ class ClipSampler:
 
     def sample(self, index: int):
         """``(Clip, Tracks)`` for ``index``; the same ``(seed, index)`` gives the same result."""
-        from gasp_plugin.geometry.tracks import tracks_for_clip
+        from gasp_plugin.geometry.tracks import Tracks, grid_tracks, keep_per_grid
 
         rng = np.random.default_rng([self.seed, int(index)])
         for _ in range(self.max_tries):
@@ -186,13 +190,13 @@ class ClipSampler:
                 self.stats["skipped_unreadable"] += 1
                 self.errors.append(str(exc))
                 continue
-            tracks = tracks_for_clip(clip, grid=self.sampling.grid, keep=1.0, margin=self.margin,
-                                     depth_tolerance=self.depth_tolerance)
+            parts = grid_tracks(clip, self.sampling.grid, margin=self.margin, depth_tolerance=self.depth_tolerance)
+            tracks = Tracks.cat(parts)
             if tracks.num_points == 0 or _others_visible(tracks) < self.min_visible:
                 self.stats["rejected_low_visibility"] += 1
                 continue
             self.stats["accepted"] += 1
-            return clip, tracks.keep_best(self.sampling.keep)
+            return clip, keep_per_grid(parts, self.sampling.keep)
         raise ClipSamplingError(
             f"ClipSampler: no acceptable clip in {self.max_tries} tries for index {index} "
             f"(stats so far: {dict(self.stats)}); lower min_visible or window, or check the scenes")

@@ -43,6 +43,8 @@ __all__ = [
     "track_points",
     "compute_tracks",
     "tracks_for_clip",
+    "grid_tracks",
+    "keep_per_grid",
     "load_tracks_metadata",
 ]
 
@@ -104,6 +106,19 @@ class Tracks:
         """Keep the points ``index`` (``[k]`` long or ``[p]`` bool)."""
         return replace(self, xy=self.xy[:, index], visible=self.visible[:, index],
                        depth=self.depth[:, index], query_xy=self.query_xy[index])
+
+    @staticmethod
+    def cat(parts: list["Tracks"]) -> "Tracks":
+        """The points of ``parts`` (same frames and anchor) side by side, in order."""
+        if not parts:
+            raise ValueError("Tracks.cat: nothing to concatenate")
+        if len({(t.num_frames, t.anchor) for t in parts}) != 1:
+            raise ValueError(f"Tracks.cat: parts differ in frames or anchor: "
+                             f"{[(t.num_frames, t.anchor) for t in parts]}")
+        return replace(parts[0], xy=torch.cat([t.xy for t in parts], 1),
+                       visible=torch.cat([t.visible for t in parts], 1),
+                       depth=torch.cat([t.depth for t in parts], 1),
+                       query_xy=torch.cat([t.query_xy for t in parts], 0))
 
     def select_frames(self, rows: list[int]) -> "Tracks":
         """Keep the frame ``rows`` in the given order; ``anchor`` follows its row (or ``None``)."""
@@ -309,11 +324,31 @@ def compute_tracks(depth, intrinsics, poses, anchor: int, grid: int = 8, margin:
     return tracks
 
 
-def tracks_for_clip(clip, grid: int = 8, keep: float = 0.5, margin: float = 4.0,
+def _grids(grid) -> tuple[int, ...]:
+    grids = (grid,) if isinstance(grid, int) and not isinstance(grid, bool) else tuple(grid)
+    if not grids:
+        raise ValueError("grid: give one query grid size or a non-empty list (paper: [8, 24])")
+    return grids
+
+
+def grid_tracks(clip, grid: int | tuple[int, ...] = 8, margin: float = 4.0,
+                depth_tolerance: float = 0.05) -> list[Tracks]:
+    """All tracks of each query grid (``grid``: one size or several, e.g. the paper's coarse 8
+    and fine 24) for a :class:`~gasp_plugin.data.scene.Clip` from its anchor row."""
+    args = (torch.from_numpy(clip.depth), torch.from_numpy(clip.intrinsics), torch.from_numpy(clip.poses),
+            clip.anchor)
+    return [compute_tracks(*args, grid=g, margin=margin, depth_tolerance=depth_tolerance) for g in _grids(grid)]
+
+
+def keep_per_grid(parts: list[Tracks], keep: float) -> Tracks:
+    """The best-tracked ``keep`` fraction of each grid's points (:meth:`Tracks.keep_best` per
+    grid, so the fine grid does not crowd out the coarse one), concatenated coarse to fine."""
+    return Tracks.cat([t.keep_best(keep) if t.num_points else t for t in parts])
+
+
+def tracks_for_clip(clip, grid: int | tuple[int, ...] = 8, keep: float = 0.5, margin: float = 4.0,
                     depth_tolerance: float = 0.05) -> Tracks:
-    """Tracks for a :class:`~gasp_plugin.data.scene.Clip` from its anchor row, keeping the
-    best-tracked ``keep`` fraction of points (paper: 0.5; 1.0 keeps all)."""
-    tracks = compute_tracks(torch.from_numpy(clip.depth), torch.from_numpy(clip.intrinsics),
-                            torch.from_numpy(clip.poses), clip.anchor, grid=grid, margin=margin,
-                            depth_tolerance=depth_tolerance)
-    return tracks.keep_best(keep) if tracks.num_points else tracks
+    """Tracks for a :class:`~gasp_plugin.data.scene.Clip` from its anchor row over one or several
+    query grids, keeping the best-tracked ``keep`` fraction of each grid's points (paper: 0.5;
+    1.0 keeps all)."""
+    return keep_per_grid(grid_tracks(clip, grid, margin, depth_tolerance), keep)

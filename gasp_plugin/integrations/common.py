@@ -74,7 +74,8 @@ class GaspArguments:
     gasp_min_frames: int = field(default=8, metadata=_help("Fewest frames per geometry clip."))
     gasp_max_frames: int = field(default=24, metadata=_help("Most frames per geometry clip."))
     gasp_window: int = field(default=48, metadata=_help("Clip frames come from [anchor - window, anchor + window]."))
-    gasp_grid: int = field(default=8, metadata=_help("Query points per side on the anchor frame."))
+    gasp_grid: str = field(default="8", metadata=_help(
+        'Query points per side on the anchor frame: one grid ("8") or several ("8,24": the paper\'s coarse and fine).'))
     gasp_keep: float = field(default=0.5, metadata=_help("Fraction of best-tracked query points kept."))
 
     def __post_init__(self):
@@ -114,8 +115,13 @@ class GaspArguments:
         from gasp_plugin.data.clips import ClipSampling
 
         try:
+            grid = tuple(int(g) for g in str(self.gasp_grid).split(","))
+        except ValueError:
+            raise ValueError(f'--gasp_grid must be an int or comma-separated ints ("8" or "8,24"); '
+                             f"got {self.gasp_grid!r}") from None
+        try:
             return ClipSampling(min_frames=self.gasp_min_frames, max_frames=self.gasp_max_frames,
-                                window=self.gasp_window, grid=self.gasp_grid, keep=self.gasp_keep)
+                                window=self.gasp_window, grid=grid, keep=self.gasp_keep)
         except ValueError as err:
             field_name = getattr(err, "field", "")
             raise ValueError(str(err).replace(f"ClipSampling.{field_name}", f"--gasp_{field_name}")) from err

@@ -178,7 +178,7 @@ class GeometryDataRecipe:
     min_frames: int = _SAMPLING.min_frames  # paper: clips of 8..24 frames
     max_frames: int = _SAMPLING.max_frames
     window: int = _SAMPLING.window  # frames drawn from [anchor - window, anchor + window] (paper: 48)
-    grid: int = _SAMPLING.grid  # query grid per side on the anchor frame
+    grid: int | list[int] = 8  # query grid(s) per side on the anchor frame (paper: [8, 24], coarse and fine)
     keep: float = _SAMPLING.keep  # keep the better-tracked fraction of queries (paper: 0.5)
 
     def __post_init__(self):
