@@ -269,3 +269,53 @@ def write_colmap(root, synth: SyntheticScene, binary: bool = True, dense: bool =
         (model_dir / "images.txt").write_text("\n".join(lines) + "\n")
         (model_dir / "points3D.txt").write_text("")
     return root
+
+
+# --- ScanNet++ iPhone --------------------------------------------------------------------------
+
+def write_scannetpp(root, synth: SyntheticScene, depth: SyntheticScene | None = None, colour: str = "frames",
+                    depth_store: str = "png", first: int = 0) -> Path:
+    """``root/iphone/``: pose_intrinsic_imu.json (aligned_pose = the true camera-to-world, pose = a
+    far-away decoy), colour as ``rgb/frame_N.jpg`` or an ``rgb.mp4`` video, depth (``depth``'s
+    frames, default ``synth``'s) as ``depth/frame_N.png`` or a per-frame raw-deflate float32
+    ``depth.bin``. JSON keys start at frame ``first``; the video and depth.bin hold frames from 0."""
+    depth = depth or synth
+    ip = Path(root) / "iphone"
+    ip.mkdir(parents=True, exist_ok=True)
+    n = len(synth)
+    meta = {}
+    for i in range(n):
+        key = f"frame_{first + i:06d}"
+        decoy = synth.pose(i).copy()
+        decoy[:3, 3] += 50.0
+        meta[key] = {"timestamp": (first + i) / 60, "intrinsic": synth.intrinsics(i).tolist(),
+                     "pose": decoy.tolist(), "aligned_pose": synth.pose(i).tolist(), "imu": {}}
+        if colour == "frames":
+            (ip / "rgb").mkdir(exist_ok=True)
+            (ip / "rgb" / f"{key}.jpg").write_bytes(jpeg_bytes(synth.image(i)))
+        if depth_store == "png":
+            write_png_depth(ip / "depth" / f"{key}.png", depth.depth(i))
+    (ip / POSE_JSON).write_text(json.dumps(meta))
+    if depth_store == "bin":
+        out = bytearray()
+        for i in [0] * first + list(range(n)):
+            c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+            blob = c.compress(depth.depth(i).astype("<f4").tobytes()) + c.flush()
+            out += struct.pack("<I", len(blob)) + blob
+        (ip / "depth.bin").write_bytes(bytes(out))
+    if colour == "video":
+        import av
+
+        with av.open(str(ip / "rgb.mp4"), "w") as vid:
+            stream = vid.add_stream("libx264", rate=30)
+            stream.width, stream.height, stream.pix_fmt = synth.width, synth.height, "yuv420p"
+            stream.options = {"crf": "10"}
+            for i in [0] * first + list(range(n)):
+                for packet in stream.encode(av.VideoFrame.from_ndarray(synth.image(i), format="rgb24")):
+                    vid.mux(packet)
+            for packet in stream.encode():
+                vid.mux(packet)
+    return Path(root)
+
+
+POSE_JSON = "pose_intrinsic_imu.json"

@@ -122,6 +122,7 @@ READERS: dict[str, str] = {
     "nerfstudio": "gasp_plugin.data.readers.nerfstudio:NerfstudioScene",
     "arkitscenes": "gasp_plugin.data.readers.arkitscenes:ARKitScenesScene",
     "colmap": "gasp_plugin.data.readers.colmap:ColmapScene",
+    "scannetpp-iphone": "gasp_plugin.data.readers.scannetpp:ScanNetPPScene",
 }
 
 
