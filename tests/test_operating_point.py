@@ -208,3 +208,53 @@ def test_llava_pad_to_square(hw):
         bumped[max(y - r, 0): y + r + 1, max(x - r, 0): x + r + 1] ^= 0xFF
         change = _token_change("llava", padded, adapter, base, bumped)
         assert int(change.argmax()) == token == int(layout.pixels_to_tokens(torch.tensor([float(x), float(y)])))
+
+
+def test_token_budget_cuts_or_refuses_clips(hololens_scene):
+    """A 2..6-frame clip at 247 tokens per frame (the raised budget on 1080x720 frames) against a
+    budget of three frames: clips are cut to 3 frames, the anchor kept, and the exact sequence is
+    within the budget; a budget below min_frames refuses the clip with a counted reason."""
+    from gasp_plugin.data import ClipSampler, ClipSampling
+    from gasp_plugin.data.clips import PROMPT_TOKENS, frames_within_budget
+    from gasp_plugin.data.instruct import BadSample
+    from gasp_plugin.train.assemble import geometry_examples
+    from gasp_plugin.train.interleave import NOTES_KEY
+
+    model, processor = build_tiny_model("qwen2_vl", image_size=224)
+    adapter = get_adapter(model)
+    adapter.apply_pixel_budget(processor, min_pixels=448 * 448)
+    per_frame = adapter.frame_layout(processor, hololens_scene.image(0).shape[:2]).num_tokens
+    budget = PROMPT_TOKENS + 3 * (per_frame + 2)
+    assert frames_within_budget(per_frame, budget) == 3 and frames_within_budget(per_frame, budget - 1) == 2
+    sampler = ClipSampler([hololens_scene], ClipSampling(min_frames=4, max_frames=6, window=6, grid=4), seed=0)
+    with pytest.raises(BadSample, match="token budget.*holds 3 frames < min_frames=4"):
+        geometry_examples(sampler, processor, adapter, budget)(0)
+    sampler = ClipSampler([hololens_scene], ClipSampling(min_frames=2, max_frames=6, window=6, grid=4), seed=0)
+    source = geometry_examples(sampler, processor, adapter, budget)
+    cut = 0
+    for index in range(4):
+        example = source(index)
+        notes = example[NOTES_KEY]
+        drawn, _ = sampler.sample(index)
+        assert notes["frames"] == min(3, notes["drawn_frames"]) == len(adapter.frame_grids(example)[0])
+        assert notes["drawn_frames"] == len(drawn.frame_ids)
+        assert notes["tokens"] == example["input_ids"].shape[-1] <= budget and notes["pairs"] > 0
+        cut += notes["frames"] < notes["drawn_frames"]
+    assert cut >= 1
+    unbounded = geometry_examples(sampler, processor, adapter)(0)
+    assert unbounded[NOTES_KEY]["frames"] == unbounded[NOTES_KEY]["drawn_frames"]
+
+
+def test_cut_clip_keeps_the_anchor_and_is_seeded(hololens_scene):
+    from gasp_plugin.data import load_clip
+    from gasp_plugin.data.clips import cut_clip
+    from gasp_plugin.geometry.tracks import tracks_for_clip
+
+    clip = load_clip(hololens_scene, [2, 4, 6, 8, 10, 12], anchor_row=3)
+    tracks = tracks_for_clip(clip, grid=4, keep=1.0)
+    a, ta = cut_clip(clip, tracks, 3, seed=7)
+    b, _ = cut_clip(clip, tracks, 3, seed=7)
+    assert a.frame_ids == b.frame_ids and len(a.frame_ids) == 3 and a.frame_ids[a.anchor] == 8
+    assert a.frame_ids == sorted(a.frame_ids) and ta.anchor == a.anchor and ta.num_frames == 3
+    rows = [clip.frame_ids.index(i) for i in a.frame_ids]
+    assert np.array_equal(a.images, clip.images[rows]) and torch.equal(ta.xy, tracks.xy[rows])

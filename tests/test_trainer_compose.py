@@ -129,3 +129,15 @@ def test_default_optimizer_groups(setup):
     assert in_model_groups and not in_model_groups & {id(p) for p in handle.heads.parameters()}
     lora = {id(p) for n, p in model.named_parameters() if "lora_" in n}
     assert lora == in_model_groups
+
+
+def test_clip_summary_counts_tokens_cuts_and_refusals(setup):
+    model, processor, handle, args = setup
+    trainer = trainer_class(Trainer)(model=model, args=args, gasp_handle=handle)
+    assert "none trained on" in trainer.clip_summary()
+    trace = [{"tokens": 100, "frames": 3, "drawn_frames": 5, "pairs": 10},
+             {"tokens": 300, "frames": 4, "drawn_frames": 4, "pairs": 30}]
+    trainer._count_batch({"gasp_kind": "geometry", "gasp_trace": trace, "gasp_skipped": 1,
+                          "gasp_skip_reasons": ["token budget: clip 'x' ...", "no visible tracks"]})
+    assert trainer.clip_summary() == ("GASP geometry clips (this rank): 2, tokens per clip mean 200 max 300, "
+                                      "supervised pairs per clip 20; cut to the token budget: 1, refused by it: 1")

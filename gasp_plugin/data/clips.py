@@ -21,7 +21,8 @@ import numpy as np
 
 from gasp_plugin.data.scene import Clip, Scene
 
-__all__ = ["load_clip", "ClipSampling", "ClipSampler", "ClipSamplingError", "check_geometry_ratio"]
+__all__ = ["load_clip", "ClipSampling", "ClipSampler", "ClipSamplingError", "check_geometry_ratio",
+           "frames_within_budget", "cut_clip"]
 
 
 class ClipSamplingError(RuntimeError):
@@ -89,6 +90,28 @@ class ClipSampling:
     def num_frames(self) -> tuple[int, int]:
         """``(min_frames, max_frames)``."""
         return self.min_frames, self.max_frames
+
+
+#: tokens a geometry prompt holds besides its frames' visual tokens (chat template, prompt), and
+#: per frame (vision start / end markers); an estimate: the batch builder's exact count decides
+PROMPT_TOKENS, FRAME_MARKER_TOKENS = 64, 2
+
+
+def frames_within_budget(tokens_per_frame: int, max_tokens: int) -> int:
+    """How many frames of ``tokens_per_frame`` visual tokens a ``max_tokens`` sequence holds."""
+    return max(0, (max_tokens - PROMPT_TOKENS) // (tokens_per_frame + FRAME_MARKER_TOKENS))
+
+
+def cut_clip(clip: Clip, tracks, num_frames: int, seed: int) -> tuple[Clip, object]:
+    """``(clip, tracks)`` cut to ``num_frames`` rows: the anchor and a seeded random choice of the
+    others, in their original order (a pure function of ``seed``)."""
+    rows = [r for r in range(len(clip.frame_ids)) if r != clip.anchor]
+    rng = np.random.default_rng([seed, 0x70CE])
+    keep = sorted([clip.anchor, *(int(r) for r in rng.choice(rows, size=num_frames - 1, replace=False))])
+    cut = Clip(images=clip.images[keep], depth=clip.depth[keep], intrinsics=clip.intrinsics[keep],
+               poses=clip.poses[keep], frame_ids=[clip.frame_ids[r] for r in keep], anchor=keep.index(clip.anchor),
+               scene=clip.scene)
+    return cut, tracks.select_frames(keep)
 
 
 def load_clip(scene: Scene, frame_ids: list[int], anchor_row: int = 0) -> Clip:

@@ -77,6 +77,9 @@ class GaspArguments:
     gasp_grid: str = field(default="8", metadata=_help(
         'Query points per side on the anchor frame: one grid ("8") or several ("8,24": the paper\'s coarse and fine).'))
     gasp_keep: float = field(default=0.5, metadata=_help("Fraction of best-tracked query points kept."))
+    gasp_max_tokens: Optional[int] = field(default=None, metadata=_help(
+        "Most tokens a geometry clip may hold: longer clips lose frames (not below --gasp_min_frames) or are "
+        "refused and counted. Unset: no budget; set it to the script's sequence budget (e.g. model_max_length)."))
 
     def __post_init__(self):
         self.validate_gasp()
@@ -104,6 +107,7 @@ class GaspArguments:
             ("gasp_depth_weight", self.gasp_depth_weight >= 0, "a number >= 0"),
             ("gasp_qk_weight", self.gasp_qk_weight >= 0, "a number >= 0"),
             ("gasp_head_lr_scale", self.gasp_head_lr_scale > 0, "a number > 0"),
+            ("gasp_max_tokens", self.gasp_max_tokens is None or self.gasp_max_tokens >= 64, "an int >= 64 or unset"),
         ]
         for name, ok, allowed in checks:
             if not ok:
@@ -202,7 +206,7 @@ def geometry_source(args: GaspArguments, processor, adapter, seed: int) -> Calla
     from gasp_plugin.train.assemble import geometry_examples, open_scenes
 
     sampler = ClipSampler(open_scenes(args.gasp_scene_paths()), args.gasp_clip_sampling(), seed=seed)
-    return geometry_examples(sampler, processor, adapter)
+    return geometry_examples(sampler, processor, adapter, args.gasp_max_tokens)
 
 
 def _instruct_source(dataset) -> Callable[[int], Any]:

@@ -180,9 +180,14 @@ class GeometryDataRecipe:
     window: int = _SAMPLING.window  # frames drawn from [anchor - window, anchor + window] (paper: 48)
     grid: int | list[int] = 8  # query grid(s) per side on the anchor frame (paper: [8, 24], coarse and fine)
     keep: float = _SAMPLING.keep  # keep the better-tracked fraction of queries (paper: 0.5)
+    # tokens a geometry clip may hold: longer clips lose frames (never below min_frames) or are
+    # refused (counted); null = data.instruct.max_length
+    max_tokens: int | None = None
 
     def __post_init__(self):
         _ = self.sampling  # ClipSampling validates the clip keys
+        if self.max_tokens is not None:
+            _at_least("max_tokens", self.max_tokens, 64)
 
     @property
     def sampling(self) -> ClipSampling:

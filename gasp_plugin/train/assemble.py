@@ -87,17 +87,24 @@ def resolve_model_path(recipe, output_dir: Path, is_main: bool = True) -> Path:
 
 
 def training_arguments(recipe, deepspeed_json: str | None, progress: bool):
+    """The TrainingArguments of a recipe. ``training.gradient_checkpointing`` is passed under the
+    name the installed transformers reads without a deprecation warning: ``activation_checkpointing``
+    where TrainingArguments has that field (5.24 does), else ``gradient_checkpointing``."""
+    from dataclasses import fields
+
     from transformers import TrainingArguments
 
     t = recipe.training
+    names = {f.name for f in fields(TrainingArguments)}
+    ckpt = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
     return TrainingArguments(
         output_dir=t.output_dir, max_steps=t.max_steps,
         per_device_train_batch_size=t.per_device_train_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=int(t.warmup_ratio * t.max_steps),
         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, bf16=t.bf16, fp16=t.fp16,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        **{ckpt: t.gradient_checkpointing,
+           f"{ckpt}_kwargs": {"use_reentrant": False} if t.gradient_checkpointing else None},
         deepspeed=deepspeed_json, logging_steps=t.logging_steps, save_steps=t.save_steps,
         save_total_limit=t.save_total_limit, seed=t.seed, data_seed=t.seed,
         dataloader_num_workers=t.dataloader_num_workers, report_to=list(t.report_to) or "none",
@@ -154,30 +161,59 @@ def _geometry_source(recipe, processor, adapter, output_dir: Path, is_main: bool
     if not paths:
         return None
     sampler = ClipSampler(open_scenes(paths), g.sampling, seed=recipe.training.seed)
-    return geometry_examples(sampler, processor, adapter)
+    max_tokens = g.max_tokens if g.max_tokens is not None else recipe.data.instruct.max_length
+    return geometry_examples(sampler, processor, adapter, max_tokens)
 
 
-def geometry_examples(sampler, processor, adapter) -> Callable[[int], dict]:
+def geometry_examples(sampler, processor, adapter, max_tokens: int | None = None) -> Callable[[int], dict]:
     """``stream_index -> geometry example`` (model inputs + targets) from a ``ClipSampler``.
 
-    Unusable clips (no acceptable draw, a bad frame, no visible track) raise
+    Token budget: a clip whose frames would not fit in ``max_tokens`` is cut to the frames that
+    do (the anchor and a seeded choice of the others), never below the sampler's ``min_frames``;
+    a clip that cannot fit that many is refused, and so is any example whose exact sequence is
+    longer than ``max_tokens``: no clip over budget reaches the model. Each example carries
+    ``gasp_notes`` (frames drawn and kept, tokens) for the run's summary.
+
+    Unusable clips (no acceptable draw, a bad frame, no visible track, over budget) raise
     :class:`gasp_plugin.data.instruct.BadSample`, which the interleaved dataset replaces and counts.
     """
     from gasp_plugin.core.batch import TARGETS_KEY, build_geometry_example
     from gasp_plugin.data import ClipSamplingError
+    from gasp_plugin.data.clips import cut_clip, frames_within_budget
     from gasp_plugin.data.instruct import BadSample
+    from gasp_plugin.train.interleave import NOTES_KEY
+
+    def fit(clip, tracks, index: int):
+        per_frame = adapter.frame_layout(processor, clip.images.shape[1:3]).num_tokens
+        fits = frames_within_budget(per_frame, max_tokens)
+        if fits >= len(clip.frame_ids):
+            return clip, tracks
+        if fits < sampler.sampling.min_frames:
+            raise BadSample(f"token budget: clip {clip.scene!r} has {per_frame} visual tokens per frame, so "
+                            f"max_tokens={max_tokens} holds {fits} frames < min_frames={sampler.sampling.min_frames}; "
+                            "lower model.max_pixels or min_frames, or raise data.geometry.max_tokens")
+        return cut_clip(clip, tracks, fits, seed=index)
 
     def source(index: int) -> dict:
         try:
             clip, tracks = sampler.sample(index)
         except ClipSamplingError as err:
             raise BadSample(str(err)) from err
+        drawn = len(clip.frame_ids)
+        if max_tokens is not None:
+            clip, tracks = fit(clip, tracks, index)
         try:
             example = build_geometry_example(clip, tracks, processor, adapter)
         except ValueError as err:
             raise BadSample(f"clip {clip.scene!r} frames {clip.frame_ids}: {err}") from err
+        tokens = int(example["input_ids"].shape[-1])
+        if max_tokens is not None and tokens > max_tokens:
+            raise BadSample(f"token budget: clip {clip.scene!r} frames {clip.frame_ids} is {tokens} tokens > "
+                            f"max_tokens={max_tokens}")
         if example[TARGETS_KEY].num_visible == 0:
             raise BadSample(f"clip {clip.scene!r} frames {clip.frame_ids}: no visible tracks")
+        example[NOTES_KEY] = {"frames": len(clip.frame_ids), "drawn_frames": drawn, "tokens": tokens,
+                              "pairs": int(example[TARGETS_KEY].num_visible)}
         return example
 
     return source

@@ -41,6 +41,7 @@ __all__ = [
     "InterleavedCollator",
     "PermutedSource",
     "META_KEYS",
+    "NOTES_KEY",
     "forward_keys",
     "KeepForwardKeys",
 ]
@@ -49,6 +50,9 @@ GEOMETRY, INSTRUCT = "geometry", "instruct"
 KINDS = (GEOMETRY, INSTRUCT)
 #: what :class:`InterleavedCollator` adds to a batch besides the kind's own keys (the trainer pops them)
 META_KEYS = ("gasp_kind", "gasp_skipped", "gasp_skip_reasons", "gasp_trace")
+#: a sample dict may carry notes under this key (e.g. a clip's frames and tokens); the dataset
+#: moves them into the sample's trace, where the trainer reads them
+NOTES_KEY = "gasp_notes"
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -193,6 +197,8 @@ class InterleavedDataset:
                 reasons.append(str(err))
                 continue
             trace = {"step": step, "rank": rank, "kind": kind, "stream": item}
+            if isinstance(sample, dict) and NOTES_KEY in sample:
+                trace.update(sample.pop(NOTES_KEY))
             return {"kind": kind, "sample": sample, "skipped": attempt, "reasons": reasons, "trace": trace}
         raise RuntimeError(
             f"{self.max_tries} consecutive unusable {kind} samples at step {step} (rank {rank}); "

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from collections import Counter
 from pathlib import Path
@@ -46,6 +47,8 @@ from gasp_plugin.core.loss import connected_zero
 from gasp_plugin.train.interleave import GEOMETRY, META_KEYS
 
 __all__ = ["GaspTrainerMixin", "GaspTrainer", "HEADS_FILE", "split_head_state"]
+
+_logger = logging.getLogger("gasp_plugin.train")
 
 
 def split_head_state(state: dict, prefix: str) -> tuple[dict, dict]:
@@ -98,6 +101,7 @@ class GaspTrainerMixin:
         self.trace_dir = trace_dir
         self.model_accepts_loss_kwargs = False  # LM loss is a per-batch mean, like the GASP terms
         self.gasp_counters: Counter = Counter()
+        self.clip_stats: Counter = Counter()  # geometry clips of this rank: tokens, pairs, cut, refused
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: Counter = Counter()
 
@@ -143,6 +147,15 @@ class GaspTrainerMixin:
         kind = meta.get("gasp_kind", "instruct")
         self.gasp_counters[f"{kind}_batches"] += 1
         self.gasp_counters["skipped_samples"] += int(meta.get("gasp_skipped", 0))
+        self.clip_stats["refused_token_budget"] += sum(
+            r.startswith("token budget") for r in meta.get("gasp_skip_reasons") or [])
+        for item in meta.get("gasp_trace") or []:
+            if "tokens" in item:
+                self.clip_stats["clips"] += 1
+                self.clip_stats["tokens"] += item["tokens"]
+                self.clip_stats["tokens_max"] = max(self.clip_stats["tokens_max"], item["tokens"])
+                self.clip_stats["pairs"] += item.get("pairs", 0)
+                self.clip_stats["cut"] += item["frames"] < item["drawn_frames"]
         if self.trace_dir and meta.get("gasp_trace") is not None:
             rank = self.args.process_index
             path = Path(self.trace_dir) / f"data_trace_rank{rank}.jsonl"
@@ -163,6 +176,21 @@ class GaspTrainerMixin:
             self._counts[key] += 1
 
     # ---- logging -------------------------------------------------------------------------------
+
+    def clip_summary(self) -> str:
+        """One line on this rank's geometry clips: tokens per clip (mean, max), supervised pairs
+        per clip, clips cut to the token budget and clips refused by it."""
+        c = self.clip_stats
+        if not c["clips"]:
+            return f"GASP geometry clips: none trained on (refused by the token budget: {c['refused_token_budget']})"
+        return (f"GASP geometry clips (this rank): {c['clips']}, tokens per clip mean {c['tokens'] / c['clips']:.0f} "
+                f"max {c['tokens_max']}, supervised pairs per clip {c['pairs'] / c['clips']:.0f}; cut to the token "
+                f"budget: {c['cut']}, refused by it: {c['refused_token_budget']}")
+
+    def train(self, *args, **kwargs):
+        result = super().train(*args, **kwargs)
+        _logger.info(self.clip_summary())
+        return result
 
     def log(self, logs: dict, start_time=None) -> None:
         if self._sums or self._counts or self.args.world_size > 1:
