@@ -11,6 +11,7 @@ from importlib import import_module
 # subcommand -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
     "tracks": ("gasp_plugin.data.tracks_cli", "compute ground-truth point tracks on a scene"),
+    "data": ("gasp_plugin.data.index_cli", "data sets: gasp data index ROOT... --out index.jsonl [--workers N]"),
     "bench": ("gasp_plugin.bench.cli", "benchmarks: tracks, overhead"),
     "probe": ("gasp_plugin.probe.cli", "layer-wise point-matching probe of a VLM on held-out scenes"),
     "train": ("gasp_plugin.train.launch", "train with GASP from a recipe: gasp train --recipe FILE [key=value ...]"),

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Scene", "Clip", "open_scene", "open_scenes", "register_reader", "known_layouts", "READERS"]
+__all__ = ["Scene", "Clip", "open_scene", "open_scenes", "detect_layouts", "register_reader", "known_layouts",
+           "READERS"]
 
 
 class Scene(ABC):
@@ -147,6 +148,11 @@ def known_layouts(readers: dict[str, str] = READERS) -> dict[str, str]:
     return {name: _reader_class(name, readers).expects for name in readers}
 
 
+def detect_layouts(path: str | Path) -> list[str]:
+    """The registered layouts whose reader recognises ``path`` (by file names only)."""
+    return [name for name in READERS if _reader_class(name).detect(Path(path))]
+
+
 def open_scene(path: str | Path, layout: str | None = None, **kwargs) -> Scene:
     """Open the scene in folder ``path``, detecting its layout (or using ``layout``).
 
@@ -158,7 +164,7 @@ def open_scene(path: str | Path, layout: str | None = None, **kwargs) -> Scene:
         raise FileNotFoundError(f"scene path does not exist: {path}")
     if layout is not None:
         return _reader_class(layout)(path, **kwargs)
-    matches = [name for name in READERS if _reader_class(name).detect(path)]
+    matches = detect_layouts(path)
     if not matches:
         lines = "\n".join(f"  {n}: {e}" for n, e in known_layouts().items())
         raise ValueError(f"{path}: unknown scene layout; known layouts and what each expects:\n{lines}")
@@ -175,15 +181,25 @@ def _try_open(path: Path) -> tuple[Scene | None, Exception | None]:
 
 
 def open_scenes(paths, what: str = "scenes") -> list[Scene]:
-    """Scenes from folders: a folder a reader recognises is one scene; otherwise each of its
-    immediate sub-folders that a reader recognises is (sorted by name; unreadable ones are skipped
-    with a warning). ``what`` names the option in error messages (e.g. ``"--scenes"``)."""
+    """Scenes from folders or scene indexes: a folder a reader recognises is one scene; otherwise
+    each of its immediate sub-folders that a reader recognises is (sorted by name; unreadable ones
+    are skipped with a warning). A scene-index file (``gasp data index``, see
+    :mod:`gasp_plugin.data.index`) gives its scenes, sorted by path, opened lazily. ``what`` names
+    the option in error messages (e.g. ``"--scenes"``)."""
     import logging
+
+    from gasp_plugin.data.index import is_scene_index, scenes_from_index
 
     scenes = []
     for p in map(Path, paths):
         if not p.exists():
             raise FileNotFoundError(f"{what}: {p} does not exist")
+        if is_scene_index(p):
+            indexed = scenes_from_index(p)
+            if not indexed:
+                raise ValueError(f"{what}: the scene index {p} lists no readable scene")
+            scenes.extend(indexed)
+            continue
         scene, err = _try_open(p)
         if scene is not None:
             scenes.append(scene)
