@@ -127,6 +127,10 @@ READERS: dict[str, str] = {
 }
 
 
+# scene-index files (``gasp data index``): ``is_scene_index(path)`` and ``scenes_from_index(path)``
+INDEX_MODULE = "gasp_plugin.data.index"
+
+
 def register_reader(name: str, target: str, readers: dict[str, str] = READERS) -> None:
     """Register a reader ``"module:Class"`` under layout ``name``; duplicates are rejected."""
     if name in readers:
@@ -188,14 +192,13 @@ def open_scenes(paths, what: str = "scenes") -> list[Scene]:
     the option in error messages (e.g. ``"--scenes"``)."""
     import logging
 
-    from gasp_plugin.data.index import is_scene_index, scenes_from_index
-
+    index = import_module(INDEX_MODULE)  # by name, like the readers: the index module builds on this one
     scenes = []
     for p in map(Path, paths):
         if not p.exists():
             raise FileNotFoundError(f"{what}: {p} does not exist")
-        if is_scene_index(p):
-            indexed = scenes_from_index(p)
+        if index.is_scene_index(p):
+            indexed = index.scenes_from_index(p)
             if not indexed:
                 raise ValueError(f"{what}: the scene index {p} lists no readable scene")
             scenes.extend(indexed)
