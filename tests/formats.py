@@ -156,15 +156,20 @@ def write_nerfstudio(root, synth: SyntheticScene, factor: int = 4, depth: str | 
     return root
 
 
-def gasp_tracks(argv: list[str]) -> int:
-    """``gasp tracks ARGV`` through the command's own module (what ``gasp_plugin.cli`` runs)."""
+def gasp_tracks(scene_path, out_dir) -> None:
+    """``gasp tracks SCENE --anchor 0 --frames 3,5`` through the command's own module (what
+    ``gasp_plugin.cli`` runs) succeeds and writes tracks with visible points."""
     import argparse
 
     from gasp_plugin.data import tracks_cli
+    from gasp_plugin.geometry.tracks import Tracks
 
     parser = argparse.ArgumentParser(prog="gasp tracks")
     tracks_cli.add_arguments(parser)
-    return tracks_cli.run(parser.parse_args(argv))
+    out = Path(out_dir) / "tracks.safetensors"
+    assert tracks_cli.run(parser.parse_args([str(scene_path), "--anchor", "0", "--frames", "3,5", "--out", str(out)])) == 0
+    t = Tracks.load(out)
+    assert t.num_frames == 2 and t.visible.any()
 
 
 # --- ARKitScenes raw ---------------------------------------------------------------------------

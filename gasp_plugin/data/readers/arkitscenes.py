@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gasp_plugin.data.readers.common import FileScene
+from gasp_plugin.data.readers.common import FileScene, read_number_rows
 from gasp_plugin.geometry.conventions import rotation_from_axis_angle, world_from_cam_from_extrinsics
 
 __all__ = ["ARKitScenesScene", "read_traj", "read_pincam", "match_timestamps"]
@@ -44,23 +44,10 @@ def _split_stamp(path: Path) -> tuple[str, float] | None:
 def read_traj(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``(timestamps [n], world_from_cam [n, 4, 4])`` of a ``.traj`` file; ``ValueError`` naming
     the file and line for a line that is not 7 numbers."""
-    stamps, aa, t = [], [], []
-    for k, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            vals = [float(v) for v in line.split()]
-        except ValueError as exc:
-            raise ValueError(f"{path}:{k}: not a list of numbers ({exc})") from exc
-        if len(vals) != 7:
-            raise ValueError(f"{path}:{k}: expected 7 numbers (timestamp, angle-axis, translation), got {len(vals)}")
-        stamps.append(vals[0])
-        aa.append(vals[1:4])
-        t.append(vals[4:7])
-    if not stamps:
+    rows = read_number_rows(path, 7, "timestamp, angle-axis, translation")
+    if not len(rows):
         raise ValueError(f"{path}: no trajectory lines")
-    R = rotation_from_axis_angle(np.asarray(aa))
-    return np.asarray(stamps), world_from_cam_from_extrinsics(R, np.asarray(t))
+    return rows[:, 0], world_from_cam_from_extrinsics(rotation_from_axis_angle(rows[:, 1:4]), rows[:, 4:7])
 
 
 def read_pincam(path: Path) -> np.ndarray:

@@ -20,6 +20,7 @@ __all__ = [
     "read_rgb",
     "read_depth",
     "read_matrix",
+    "read_number_rows",
     "read_pose_rows",
     "read_pose_files",
     "read_intrinsics",
@@ -108,11 +109,10 @@ def read_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return m
 
 
-def read_pose_rows(path: Path) -> np.ndarray:
-    """``float64 [f, 4, 4]`` from a file with one row-major 4x4 matrix (16 numbers) per line.
-
-    Non-numeric entries such as ``nan`` / ``-inf`` are kept (the scene skips those frames).
-    """
+def read_number_rows(path: Path, count: int, what: str) -> np.ndarray:
+    """``float64 [n, count]`` from a text file with ``count`` numbers per non-empty line;
+    ``ValueError`` naming the file and line otherwise (``what`` says what a line holds).
+    Entries such as ``nan`` / ``-inf`` are kept."""
     rows = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
@@ -121,10 +121,18 @@ def read_pose_rows(path: Path) -> np.ndarray:
             vals = [float(v) for v in line.split()]
         except ValueError as exc:
             raise ValueError(f"{path}:{n}: not a list of numbers ({exc})") from exc
-        if len(vals) != 16:
-            raise ValueError(f"{path}:{n}: expected 16 numbers (a row-major 4x4 pose), got {len(vals)}")
+        if len(vals) != count:
+            raise ValueError(f"{path}:{n}: expected {count} numbers ({what}), got {len(vals)}")
         rows.append(vals)
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 4, 4)
+    return np.asarray(rows, dtype=np.float64).reshape(-1, count)
+
+
+def read_pose_rows(path: Path) -> np.ndarray:
+    """``float64 [f, 4, 4]`` from a file with one row-major 4x4 matrix (16 numbers) per line.
+
+    Non-numeric entries such as ``nan`` / ``-inf`` are kept (the scene skips those frames).
+    """
+    return read_number_rows(path, 16, "a row-major 4x4 pose").reshape(-1, 4, 4)
 
 
 def read_pose_files(files: list[Path]) -> tuple[np.ndarray, dict[int, str]]:

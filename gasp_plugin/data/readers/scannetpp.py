@@ -27,6 +27,7 @@ import numpy as np
 
 from gasp_plugin.data.readers.common import IMAGE_SUFFIXES, FileScene
 from gasp_plugin.data.readers.nerfstudio import natural_key
+from gasp_plugin.data.readers.video import VideoScene
 
 __all__ = ["ScanNetPPScene", "depth_bin_offsets"]
 
@@ -157,21 +158,9 @@ class ScanNetPPScene(FileScene):
 
     # --- colour from the video ----------------------------------------------------------------
 
-    def _decoder(self):
-        if self._reader is None:
-            from gasp_plugin.data.readers.video import _import_decord  # the one place decord is imported
-
-            decord = _import_decord()
-            try:
-                self._reader = decord.VideoReader(str(self.video_path), ctx=decord.cpu(0))
-            except Exception as exc:  # decord raises its own DECORDError
-                raise ValueError(f"cannot open video {self.video_path}: {exc}") from exc
-        return self._reader
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_reader"] = None  # each process opens its own decoder
-        return state
+    # the video reader's lazy decord handle and its pickling (they use video_path and _reader)
+    _decoder = VideoScene._decoder
+    __getstate__ = VideoScene.__getstate__
 
     def image_size(self, i: int) -> tuple[int, int]:
         if self.video_path is None:
