@@ -258,3 +258,67 @@ def test_cut_clip_keeps_the_anchor_and_is_seeded(hololens_scene):
     assert a.frame_ids == sorted(a.frame_ids) and ta.anchor == a.anchor and ta.num_frames == 3
     rows = [clip.frame_ids.index(i) for i in a.frame_ids]
     assert np.array_equal(a.images, clip.images[rows]) and torch.equal(ta.xy, tracks.xy[rows])
+
+
+class _Upsampled:
+    """A scene read through another at ``factor`` times its resolution (nearest neighbour)."""
+
+    def __init__(self, scene, factor=2):
+        self.scene, self.factor, self.name = scene, factor, f"{scene.name}-x{factor}"
+
+    def __len__(self):
+        return len(self.scene)
+
+    def image(self, i):
+        return self.scene.image(i).repeat(self.factor, 0).repeat(self.factor, 1)
+
+    def depth(self, i):
+        return self.scene.depth(i).repeat(self.factor, 0).repeat(self.factor, 1)
+
+    def intrinsics(self, i):
+        return _scaled(self.scene.intrinsics(i)[None], float(self.factor))[0]
+
+    def pose(self, i):
+        return self.scene.pose(i)
+
+
+@pytest.mark.parametrize("budget", ["model.max_pixels=12544", "model.min_pixels=100352"])
+def test_gasp_train_at_a_budget_on_upsampled_real_frames(budget, hololens_scene, tmp_path):
+    """`gasp train` on the tiny recipe, its budget lowered (112^2) or raised (100352, 11x11+
+    tokens where the checkpoint says 8x8), on the bundled real scene upsampled 2x to 1080x720:
+    every geometry clip is used (none skipped), with grids the processor really produced."""
+    from gasp_plugin.data.synthetic import write_scene
+    from gasp_plugin.train.launch import train
+
+    scene_dir = write_scene(_Upsampled(hololens_scene), tmp_path / "hololens-x2")
+    result = train("tiny_cpu", [
+        f"training.output_dir={tmp_path / 'run'}", budget, "training.max_steps=3", "data.geometry_ratio=1.0",
+        f"data.geometry.scenes=[{scene_dir}]", "data.geometry.synthetic=null", "data.instruct.synthetic=null",
+        "data.geometry.min_frames=2", "data.geometry.max_frames=3", "data.geometry.grid=[4, 8]",
+        "model.tiny.hidden_size=64", "model.tiny.num_layers=2", "gasp.embed_dim=16", "model.train_vision=false",
+    ], progress=False)
+    assert result.final_step == 3
+    assert result.counters["geometry_batches"] == 3 and result.counters.get("skipped_samples", 0) == 0
+    assert all(h.get("skipped_samples", 0) == 0 for h in result.loss_history)
+
+
+def test_bench_clips_counts_the_two_grids(hololens_scene):
+    """`gasp bench clips` figures for the tiny recipe: the fine grid adds anchors (one per token)
+    and supervised pairs; every clip within the recipe's token budget."""
+    from gasp_plugin.bench.clips import measure
+    from gasp_plugin.recipe import load_recipe
+
+    recipe = load_recipe("tiny_cpu", ["model.tiny.hidden_size=64", "model.tiny.num_layers=1"])
+    one, two = (measure(recipe, grid, hololens_scene, clips=2) for grid in ((8,), (8, 24)))
+    assert one["clips"] == two["clips"] == 2 and one["frames"] == two["frames"]
+    assert two["anchors"] > one["anchors"] and two["pairs"] > one["pairs"]
+    assert two["anchors"] <= 64  # 224 px frames: 8x8 tokens, one anchor each at most
+    assert two["tokens_max"] <= two["max_tokens"]
+
+
+def test_shipped_7b_recipes_use_both_grids_and_a_token_budget():
+    from gasp_plugin.recipe import load_recipe
+
+    for name in ("qwen2vl_gasp", "llava_video_gasp"):
+        g = load_recipe(name).data.geometry
+        assert g.sampling.grid == (8, 24) and g.max_tokens is not None

@@ -181,7 +181,7 @@ class GeometryDataRecipe:
     grid: int | list[int] = 8  # query grid(s) per side on the anchor frame (paper: [8, 24], coarse and fine)
     keep: float = _SAMPLING.keep  # keep the better-tracked fraction of queries (paper: 0.5)
     # tokens a geometry clip may hold: longer clips lose frames (never below min_frames) or are
-    # refused (counted); null = data.instruct.max_length
+    # refused (counted); null = the model's longest sequence (max_position_embeddings)
     max_tokens: int | None = None
 
     def __post_init__(self):

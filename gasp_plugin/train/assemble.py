@@ -146,6 +146,15 @@ def open_scenes(paths: list[str]):
     return _open(paths, what="data.geometry.scenes")
 
 
+def geometry_token_budget(recipe, model_config) -> int:
+    """``data.geometry.max_tokens``, or the longest sequence the model takes
+    (``max_position_embeddings`` of its text config) when the recipe leaves it null."""
+    if recipe.data.geometry.max_tokens is not None:
+        return recipe.data.geometry.max_tokens
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    return int(text.max_position_embeddings)
+
+
 def _geometry_source(recipe, processor, adapter, output_dir: Path, is_main: bool):
     from gasp_plugin.data import ClipSampler
 
@@ -161,8 +170,7 @@ def _geometry_source(recipe, processor, adapter, output_dir: Path, is_main: bool
     if not paths:
         return None
     sampler = ClipSampler(open_scenes(paths), g.sampling, seed=recipe.training.seed)
-    max_tokens = g.max_tokens if g.max_tokens is not None else recipe.data.instruct.max_length
-    return geometry_examples(sampler, processor, adapter, max_tokens)
+    return geometry_examples(sampler, processor, adapter, geometry_token_budget(recipe, adapter.config))
 
 
 def geometry_examples(sampler, processor, adapter, max_tokens: int | None = None) -> Callable[[int], dict]:
