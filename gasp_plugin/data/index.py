@@ -5,7 +5,7 @@ that training on thousands of scenes starts without walking a shared file system
     open_scenes(["index.jsonl"])        # what gasp train / gasp probe / the integrations call
 
 The file is JSON lines: a header ``{"format": "gasp-scene-index/1", "roots": [...]}``, then one
-record per scene, in the order scenes finished::
+record per scene, in the order the walk found them::
 
     {"path": "/abs/scene", "layout": "scannet-sens", "name": "scene0000_00", "frames": 5578,
      "usable": 5502, "image_size": [1296, 968], "dropped": {"pose contains NaN or inf": [[17, 92]]},
@@ -29,7 +29,7 @@ import os
 import re
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,9 +211,10 @@ def build_index(roots, out: str | Path, workers: int = 1, max_depth: int = 4, pr
             for item in todo:
                 write(_index_one(item))
         else:
+            chunk = max(1, min(32, len(todo) // (8 * workers)))  # few round trips for many small scenes
             with ProcessPoolExecutor(max_workers=min(workers, len(todo)), initializer=_worker_init) as pool:
-                for fut in as_completed([pool.submit(_index_one, item) for item in todo]):
-                    write(fut.result())
+                for record in pool.map(_index_one, todo, chunksize=chunk):
+                    write(record)
     summary.seconds = time.perf_counter() - start
     return summary
 
