@@ -176,6 +176,8 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; the demo writes into a folder: choose another --out")
     if (out / "demo.json").exists() and not cfg.overwrite:
         raise FileExistsError(
             f"{out} already holds a finished demo ({out / 'demo.json'}); choose another --out, "

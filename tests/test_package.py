@@ -31,8 +31,15 @@ def test_imports_without_extras():
 def test_cli_help_without_extras():
     proc = _run("from gasp_plugin.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit as e:\n    print('exit', e.code)\n")
     assert proc.returncode == 0 and "exit 0" in proc.stdout, proc.stderr[-3000:]
-    for command in ("tracks", "train", "probe", "demo", "bench"):
+    for command in ("tracks", "train", "probe", "demo", "bench", "env"):
         assert command in proc.stdout
+
+
+def test_env_report_without_extras():
+    """`gasp env` says which extras are missing instead of failing on them."""
+    proc = _run("from gasp_plugin.cli import main\nprint('exit', main(['env']))\n")
+    assert proc.returncode == 0 and "exit 0" in proc.stdout, proc.stderr[-3000:]
+    assert "- deepspeed: " in proc.stdout and "- attention: usable" in proc.stdout
 
 
 def test_video_reader_names_the_missing_extra(tmp_path):

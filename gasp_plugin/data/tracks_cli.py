@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 __all__ = ["add_arguments", "run"]
 
@@ -56,11 +55,9 @@ def compute(args):
 
 
 def run(args) -> int:
-    try:
-        scene, clip, tracks, frames = compute(args)
-    except (ValueError, IndexError, FileNotFoundError, ImportError) as exc:
-        print(f"gasp tracks: error: {exc}", file=sys.stderr)
-        return 2
+    """Errors in the scene or the arguments propagate; ``gasp tracks`` reports them in one line
+    (see :mod:`gasp_plugin.errors`)."""
+    scene, clip, tracks, frames = compute(args)
     print(f"scene {scene.name} ({type(scene).__name__}, {len(scene)} frames), anchor {args.anchor}, "
           f"{tracks.num_points} queries with valid depth on a {args.grid}x{args.grid} grid")
     for row, f in enumerate(frames):

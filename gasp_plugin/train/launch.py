@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gasp_plugin.constants import RECIPE_FILE
+from gasp_plugin.errors import add_debug_flag, run_command
 
 __all__ = ["TrainResult", "train", "setup_process", "add_arguments", "run", "main"]
 
@@ -65,10 +66,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry for launchers that run a file with python (e.g. ``recipes/qwen2vl_gasp.sh``)."""
+    """Entry for launchers that run a file with python on every rank (e.g. ``recipes/qwen2vl_gasp.sh``):
+    the same arguments, plus ``--debug``, and the same error reports as ``gasp train``
+    (:func:`gasp_plugin.errors.run_command`; a rank's line names the rank)."""
     parser = argparse.ArgumentParser(prog="gasp train")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    return run_command("gasp train", lambda: run(args), debug=args.debug)
 
 
 # ---- process setup (command line only) --------------------------------------------------------
@@ -96,7 +101,7 @@ def setup_process(*, deepspeed: bool = False, local_rank: int | None = None, log
     if deepspeed and "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
-    logging.basicConfig(level=log_level, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _resolve_deepspeed(recipe) -> str | None:
