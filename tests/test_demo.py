@@ -2,6 +2,10 @@
 demo.json has the documented schema."""
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +76,69 @@ def test_demo_config_errors():
         DemoConfig(heldout_frames=4, max_gap=8)
     with pytest.raises(ValueError, match="steps"):
         DemoConfig(steps=0)
+
+
+# deepspeed's own line when it finds no GPU (it is imported by accelerate/transformers, not by us);
+# transformers' deprecation of gradient_checkpointing and our processor fallback are ours, and must not show
+THIRD_PARTY_WARNINGS = (
+    re.compile(r"\[WARNING\] \[real_accelerator\.py:\d+:get_accelerator\] Setting accelerator to CPU"),
+)
+
+
+def test_short_demo_prints_no_warning_of_ours(tmp_path):
+    """`gasp demo` as a user runs it (default warning filters), shrunk to a few seconds of work."""
+    argv = ["--out", tmp_path / "demo", "--steps", "2", "--heldout-scenes", "1", "--max-gap", "1",
+            "--pairs-per-gap", "1", "--no-real", "model.tiny.image_size=112", "data.geometry.synthetic.count=1",
+            "data.geometry.synthetic.config={height: 112, width: 112, num_frames: 8}",
+            "data.instruct.synthetic.count=2"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    proc = subprocess.run([sys.executable, "-m", "gasp_plugin.cli", "demo", *map(str, argv)], capture_output=True,
+                          text=True, timeout=600, env={**env, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (proc.stdout + "\n" + proc.stderr.replace("\r", "\n")).splitlines()
+    warnings = [line for line in lines if re.search(r"warning", line, re.I)
+                and not any(p.search(line) for p in THIRD_PARTY_WARNINGS)]
+    assert not warnings, "\n".join(warnings)
+    # the processor fallback is said once, at INFO level
+    assert sum("without the video processor" in line for line in lines) <= 1
+    assert "GASP demo: held-out point matching" in proc.stdout
+
+
+def test_processor_fallback_is_one_info_line(tmp_path, caplog):
+    """Without torchvision the Qwen-VL processor falls back to its image processor and tokenizer, and
+    says so once per process at INFO level (the demo loads a processor three times)."""
+    import logging
+
+    from gasp_plugin.models import processing
+    from gasp_plugin.models.tiny import save_tiny_model
+
+    path = save_tiny_model("qwen2_vl", tmp_path / "tiny", image_size=112)
+    processing._explain_fallback.cache_clear()
+    with caplog.at_level(logging.DEBUG, logger="gasp_plugin.models.processing"):
+        kinds = {type(processing.load_processor(path)).__name__ for _ in range(3)}
+    records = [r for r in caplog.records if r.name == "gasp_plugin.models.processing"]
+    if kinds == {"ProcessorParts"}:
+        assert [r.levelname for r in records] == ["INFO"]
+        assert "without the video processor" in records[0].getMessage()
+    else:  # torchvision works here: the full processor loads, nothing to say
+        assert not records
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_training_arguments_use_the_undeprecated_checkpointing_name(tmp_path, checkpointing):
+    import warnings
+
+    from gasp_plugin.recipe import load_recipe
+    from gasp_plugin.train.assemble import training_arguments
+
+    recipe = load_recipe("tiny_cpu", [f"training.output_dir={tmp_path}",
+                                      f"training.gradient_checkpointing={str(checkpointing).lower()}"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        args = training_arguments(recipe, None, progress=False)
+    assert not [w for w in caught if "checkpointing" in str(w.message)], [str(w.message) for w in caught]
+    assert args.gradient_checkpointing is checkpointing  # transformers mirrors the old name
+    assert getattr(args, "activation_checkpointing", checkpointing) is checkpointing
+    expected_kwargs = {"use_reentrant": False} if checkpointing else None
+    kwargs = getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs
+    assert kwargs == expected_kwargs

@@ -11,6 +11,7 @@ load fine, so :func:`load_processor` returns the full processor where it can and
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -82,18 +83,27 @@ class ProcessorParts:
 def load_processor(path: str | Path) -> Any:
     """The processor saved in ``path``: ``AutoProcessor`` when it loads, else :class:`ProcessorParts`.
 
-    The fallback is taken only on ``ImportError`` (a missing optional backend such as torchvision),
-    and is logged with the reason.
+    The fallback is taken only on ``ImportError`` (a missing optional backend such as torchvision)
+    and said once per process, at INFO level, with the reason (:func:`_explain_fallback`).
     """
     from transformers import AutoProcessor
 
     try:
         return AutoProcessor.from_pretrained(path)
     except ImportError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        logger.warning(
-            "AutoProcessor could not load %s (%s); using its image processor and tokenizer directly",
-            path,
-            first_line,
-        )
+        _explain_fallback(_reason(err))
         return ProcessorParts.from_pretrained(path)
+
+
+def _reason(err: ImportError) -> str:
+    """Why the full processor could not be built, in a few words."""
+    text = str(err).strip()
+    if "torchvision" in text.lower():
+        return "its video processor needs torchvision, which is not available here"
+    return text.splitlines()[0].split(". ")[0] if text else type(err).__name__
+
+
+@functools.cache  # the same reason is said once per process, not once per loaded checkpoint
+def _explain_fallback(reason: str) -> None:
+    logger.info("image processor and tokenizer without the video processor (%s); "
+                "GASP builds its image and video inputs with the image processor alone", reason)
