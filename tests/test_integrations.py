@@ -112,6 +112,9 @@ def _finetuning_args(**kw):
 
 def test_llamafactory_check_arguments():
     model_args, data_args = types.SimpleNamespace(use_unsloth=False), types.SimpleNamespace(streaming=False)
+    reentrant = types.SimpleNamespace(use_reentrant_gc=True)  # LLaMA-Factory's default: turned off with GASP on
+    llamafactory.check_arguments(reentrant, data_args, _finetuning_args(gasp_geometry_data="/scenes"))
+    assert reentrant.use_reentrant_gc is False
     on = dict(gasp_geometry_data="/scenes")
     llamafactory.check_arguments(model_args, data_args, _finetuning_args(**on))
     llamafactory.check_arguments(model_args, data_args, _finetuning_args(stage="dpo"))  # off: nothing checked
@@ -136,7 +139,8 @@ def test_off_is_a_no_op():
     ds, collate = object(), object()
     assert common.interleave(ds, collate, None, None, None, args) == (ds, collate)
     assert qwen_vl_finetune.wrap_data_module({"train_dataset": ds}, None, None, None, args) == {"train_dataset": ds}
-    assert llamafactory.interleave_data({"train_dataset": ds}, collate, None, None, None, args) == ({"train_dataset": ds}, collate)
+    assert llamafactory.interleave_data({"train_dataset": ds}, collate, None, None, None, None, None, args) == (
+        {"train_dataset": ds}, collate)
     trainer_cls = type("T", (), {"__init__": lambda self, **kw: setattr(self, "kw", kw)})
     assert type(common.make_trainer(trainer_cls, None, args, a=1)) is trainer_cls
 
@@ -268,10 +272,13 @@ def test_patched_script_flow_trains_and_saves_a_plain_adapter(route, tiny, holol
         trainer = qwen_vl_finetune.make_trainer(UpstreamTrainer, handle, args, model=model, args=training_args,
                                                 processing_class=tokenizer, **data)
     else:
-        data, collator = llamafactory.interleave_data(data, data["data_collator"], handle, processor, training_args, args)
+        model_args = types.SimpleNamespace(image_min_pixels=None, image_max_pixels=None)
+        data, collator = llamafactory.interleave_data(data, data["data_collator"], handle, processor, model_args,
+                                                      types.SimpleNamespace(cutoff_len=None), training_args, args)
         data = {**data, "data_collator": collator}
-        trainer = llamafactory.make_trainer(UpstreamTrainer, handle, args, model=model, args=training_args,
-                                            finetuning_args="kept", processing_class=tokenizer, **data)
+        trainer = llamafactory.trainer_class(UpstreamTrainer)(
+            **llamafactory.trainer_kwargs(handle, args), model=model, args=training_args, finetuning_args="kept",
+            processing_class=tokenizer, **data)
     # 6 samples / batch 2 = 3 instruction steps, at ratio 0.5 -> 6 steps
     assert training_args.max_steps == 6 and not training_args.remove_unused_columns
     assert isinstance(trainer, GaspTrainerMixin) and isinstance(trainer, UpstreamTrainer)
