@@ -12,7 +12,8 @@
   that raised them is in a ``gasp_plugin`` module). Our code raises these only to reject what it
   was given, with a message written for the person running it: a recipe key or value
   (``gasp_plugin.recipe.RecipeError`` is a ``ValueError``), an unsupported model type, a folder
-  that is not a scene, a frame index out of range, a missing optional extra.
+  that is not a scene, a frame index out of range, a missing optional extra (but not an
+  ``ImportError`` of a gasp_plugin module itself: that is a broken install or a bug).
 
 *Bugs*, everything else: a ``TypeError``, ``KeyError``, ``AttributeError`` or ``RuntimeError``
 anywhere (where our code raises a ``RuntimeError`` it guards an internal invariant), and a
@@ -58,14 +59,17 @@ def _raised_in(exc: BaseException) -> str:
     return str(tb.tb_frame.f_globals.get("__name__", ""))
 
 
+def _ours(module: str | None) -> bool:
+    return bool(module) and (module == _PACKAGE or module.startswith(_PACKAGE + "."))
+
+
 def is_user_error(exc: BaseException) -> bool:
     """Whether ``exc`` reports a user's mistake (see the module docstring) rather than a bug."""
     if isinstance(exc, OSError):
         return True
-    if isinstance(exc, _OWN_CHECKS):
-        module = _raised_in(exc)
-        return module == _PACKAGE or module.startswith(_PACKAGE + ".")
-    return False
+    if isinstance(exc, ImportError) and _ours(exc.name):
+        return False  # a gasp_plugin module cannot be imported: a broken install or a bug
+    return isinstance(exc, _OWN_CHECKS) and _ours(_raised_in(exc))
 
 
 def error_message(exc: BaseException) -> str:

@@ -111,6 +111,9 @@ def _caught(fn) -> BaseException:
     ("gasp_plugin.recipe.schema", IndexError("frame 9 out of range"), True),
     ("gasp_plugin.data.readers.video", ImportError("pip install 'gasp-plugin[video]'"), True),
     ("gasp_plugin", ValueError("top level"), True),
+    ("gasp_plugin.train.assemble", ModuleNotFoundError("No module named 'deepspeed'", name="deepspeed"), True),
+    ("gasp_plugin.models.registry", ImportError("cannot import name 'x'", name="gasp_plugin.models"), False),
+    ("gasp_plugin.cli", ModuleNotFoundError("No module named 'gasp_plugin.y'", name="gasp_plugin.y"), False),
     ("torch.nn.functional", ValueError("from deep in torch"), False),  # we called it wrongly: a bug
     ("transformers.models.auto", ImportError("inside transformers"), False),
     ("gasp_plugin_other", ValueError("a package whose name only starts like ours"), False),
