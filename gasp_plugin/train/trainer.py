@@ -250,6 +250,20 @@ class GaspTrainerMixin:
     def _heads_prefix(self) -> str:
         return _module_prefix(self.model, self.gasp_handle.heads)
 
+    def save_model(self, output_dir=None, _internal_call=False):
+        """The Trainer's save, with the heads gathered first on every rank (a collective under
+        ZeRO-3), so they are written even when the state dict the Trainer saves holds none
+        (ZeRO-3 with ``stage3_gather_16bit_weights_on_model_save: false`` saves an empty one)."""
+        from gasp_plugin.core.head import gathered_params
+
+        heads = self.gasp_handle.heads
+        with gathered_params(heads.parameters()):
+            self._gathered_heads = {k: v.detach().cpu().clone() for k, v in heads.state_dict().items()}
+        try:
+            return super().save_model(output_dir, _internal_call)
+        finally:
+            self._gathered_heads = None
+
     def _save(self, output_dir=None, state_dict=None):
         from gasp_plugin.core.attach import write_heads_file
 
@@ -259,6 +273,7 @@ class GaspTrainerMixin:
         model_state, heads = split_head_state(state_dict, self._heads_prefix())
         super()._save(output_dir, state_dict=model_state)
         if self.args.should_save:
+            heads = heads or getattr(self, "_gathered_heads", None)
             if not heads:
                 raise RuntimeError("the state dict to save has no GASP head weights")
             write_heads_file(heads, self.gasp_handle.heads, os.path.join(output_dir, HEADS_FILE))
