@@ -161,3 +161,29 @@ def test_zero3_two_processes_via_deepspeed_launcher_then_resume(shared):
     done = json.loads((out / "checkpoint-10" / "trainer_state.json").read_text())
     assert done["global_step"] == 10
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-10"]
+
+
+def test_zero3_one_rank_skips_a_non_finite_step_without_a_hang_and_saves_without_gathering(shared, tmp_path):
+    """Rank 1's LM loss is NaN at step 1: it counts the skip and contributes zero gradients while
+    rank 0 trains on, both finish (no rank left waiting in a collective, bounded by the timeout);
+    with stage3_gather_16bit_weights_on_model_save false the heads are still saved, finite."""
+    from gasp_plugin.core.attach import load_heads
+
+    config = json.loads((ROOT / "recipes" / "ds_zero3.json").read_text())
+    config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = False
+    ds_json = tmp_path / "ds_zero3_nogather.json"
+    ds_json.write_text(json.dumps(config))
+    out = tmp_path / "skip"
+    overrides = [o for o in _overrides(shared, out, 3, 3) if not o.startswith(("training.deepspeed",
+                                                                               "training.output_dir"))]
+    overrides = [o for o in overrides if not o.startswith("data.geometry_ratio")] + ["data.geometry_ratio=0.0"]
+    env = _env()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           env["MASTER_PORT"], str(ROOT / "tests" / "framework_scripts" / "zero3_skip.py"), str(ds_json), str(out),
+           *overrides]
+    _run(cmd, env)
+    ranks = {r: json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)}
+    assert ranks[0]["step"] == ranks[1]["step"] == 3
+    assert ranks[1]["counters"].get("skipped_nonfinite", 0) >= 1 and ranks[0]["counters"].get("skipped_nonfinite", 0) == 0
+    heads = load_heads(out / "gasp_heads.safetensors")
+    assert all(torch.isfinite(p).all() for p in heads.parameters())

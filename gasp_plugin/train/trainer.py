@@ -20,9 +20,11 @@ Logging: ``lm``, ``corr``, ``depth`` and per-layer terms are accumulated as deta
 the device and reduced across ranks only at logging steps (no extra synchronisation per step).
 
 Non-finite losses: if only the GASP part is NaN/inf the step keeps the parent's LM loss (heads
-touched with weight 0); if there is no finite LM loss, the loss is replaced by a zero-weighted touch
-of every trainable parameter, so that micro-batch contributes a zero gradient to every parameter.
-Both are counted (``skipped_nonfinite``) and excluded from the logged losses.
+touched with weight 0); if a rank has no finite loss left, *every* rank replaces its loss by a
+zero-weighted touch of every trainable parameter (ranks agree through one all-reduce of a flag),
+so the micro-batch contributes a zero gradient to every parameter and no rank waits in a
+gradient collective the others skipped. Counted as ``skipped_nonfinite`` (on the rank that saw
+it) and ``skipped_for_other_rank``; excluded from the logged losses.
 
 Saving: the model is saved the way the stock Trainer saves it (a PEFT adapter, or full weights),
 minus the heads, so plain transformers/PEFT load it with no gasp code; the heads go to
@@ -129,16 +131,34 @@ class GaspTrainerMixin:
         return (loss, outputs) if return_outputs else loss
 
     def _finite_loss(self, lm, extra):
-        """``(loss, lm_ok, gasp_ok)``: ``lm + extra`` if finite (one host sync per step); else
-        ``lm + heads*0`` if only the GASP part is not; else ``(None, False, False)``."""
+        """``(loss, lm_ok, gasp_ok)``: ``lm + extra`` if finite; ``lm + heads*0`` if only this rank's
+        GASP part is not (its LM loss is); ``(None, False, False)`` (the step is skipped) when any
+        rank's step has no finite loss left.
+
+        Ranks agree on a skip (one all-reduce of two flags per step under more than one process,
+        with the step's one host sync): a skipped step backpropagates a zero through every
+        trainable parameter directly, not through the model, so under ZeRO every rank must take
+        that same path or their gradient collectives no longer line up.
+        """
         lm_value = lm if lm is not None else torch.zeros((), device=extra.device)
         total = lm_value.float() + extra.float()
-        if bool(torch.isfinite(total)):
+        step_bad = ~torch.isfinite(lm if lm is not None else total)  # no finite loss at all on this rank
+        flags = torch.stack([step_bad, ~torch.isfinite(total)]).float()
+        local_step_bad, local_bad = (bool(v) for v in flags.tolist())
+        any_step_bad = local_step_bad
+        if self.args.world_size > 1 and torch.distributed.is_initialized():
+            reduced = flags[:1].clone()
+            torch.distributed.all_reduce(reduced, op=torch.distributed.ReduceOp.MAX)
+            any_step_bad = bool(reduced.item())
+        if local_bad:
+            self.gasp_counters["skipped_nonfinite"] += 1
+        if any_step_bad:
+            if not local_step_bad:
+                self.gasp_counters["skipped_for_other_rank"] += 1
+            return None, False, False
+        if not local_bad:
             return total, lm is not None, True
-        self.gasp_counters["skipped_nonfinite"] += 1
-        if lm is not None and bool(torch.isfinite(lm)):
-            return lm.float() + self.gasp_handle.zero_loss().float(), True, False
-        return None, False, False
+        return lm.float() + self.gasp_handle.zero_loss().float(), True, False
 
     def _skip_loss(self, model) -> torch.Tensor:
         return connected_zero(*(p for p in model.parameters() if p.requires_grad))
