@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gasp_plugin"
 # first component under gasp_plugin -> rank; an import must point to a lower rank, or stay in its part
 RANKS = {
     "constants": 0,  # imports nothing from gasp_plugin
+    "errors": 0,  # the command-line error rule; imports nothing from gasp_plugin
     "assets": 0,  # bundled files and their paths
     "geometry": 1,
     "data": 2,
@@ -26,6 +27,7 @@ RANKS = {
     "bench": 7,
     "integrations": 7,
     "demo": 7,
+    "env": 7,  # `gasp env`: versions and what is usable here
     "cli": 8,
 }
 EXEMPT = {"gasp_plugin"}  # the package's lazy table of public names
