@@ -66,6 +66,35 @@ def test_agreement_on_the_processors_layouts(family, hw):
     _check_agreement(layout)
 
 
+@pytest.mark.parametrize("hw", [(360, 540), (200, 150), (90, 120)])
+def test_agreement_on_the_video_layouts(family, hw):
+    """Video frames' layouts too, including OneVision's resampled patch grid (token_of_patch)."""
+    adapter, processor = family
+    try:
+        layout = adapter.video_frame_layout(processor, hw)
+    except ValueError as err:
+        assert "has no video input" in str(err)
+        return
+    _check_agreement(layout)
+
+
+def test_resampled_patch_grid_layout():
+    """9 patches of 14 px bilinearly resized to 5 tokens (OneVision's pooling at a 130 px tower):
+    each token covers a run of patches; the 4 px past the last patch reach no token."""
+    from gasp_plugin.models.registry import resampled_token_of_patch
+
+    table = resampled_token_of_patch(9, 5)
+    assert table == (0, 0, 1, 1, 2, 3, 3, 4, 4)
+    layout = FrameLayout((130, 130), (130, 130), (0, 0), 14, (5, 5), token_of_patch=(table, table))
+    _check_agreement(layout)
+    xs, _ = layout.cell_boundaries()
+    assert xs.tolist() == pytest.approx([-0.5, 27.5, 55.5, 69.5, 97.5, 125.5])
+    assert layout.pixels_to_tokens(torch.tensor([[126.0, 0.0], [125.0, 0.0]])).tolist() == [-1, 4]
+    assert resampled_token_of_patch(27, 14)[12:15] == (6, 6, 7)  # 384 px: patch 13 weighs equally in 6 and 7
+    with pytest.raises(ValueError, match="non-decreasing and reach"):
+        FrameLayout((130, 130), (130, 130), (0, 0), 14, (5, 5), token_of_patch=(table, (0, 1, 0, 1, 2, 3, 3, 4, 4)))
+
+
 def test_crop_margin_maps_to_no_token():
     layout = LAYOUTS["llava_wide"]  # 28 resized pixels = 90 original pixels cropped on each side
     xs, _ = layout.cell_boundaries()

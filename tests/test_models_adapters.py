@@ -19,6 +19,9 @@ from gasp_plugin.models.registry import (  # noqa: E402
 from gasp_plugin.models.tiny import TINY_MODEL_TYPES, build_tiny_model  # noqa: E402
 
 
+ANYRES = ("llava_next_video", "llava_onevision")  # base view + tiles / newlines per image
+
+
 @pytest.fixture(scope="module", params=TINY_MODEL_TYPES)
 def tiny(request):
     model, processor = build_tiny_model(request.param, image_size=112)
@@ -45,6 +48,8 @@ def _changed_tokens(model_type, processor, adapter, frame, x, y):
 @pytest.mark.parametrize("hw", [(360, 540), (200, 150)])
 def test_pixel_to_token_matches_single_pixel_perturbation(tiny, hw):
     model_type, _, processor, adapter = tiny
+    if model_type in ANYRES:
+        pytest.skip("several views per image: probed through the vision path in test_families_mapping.py")
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
     layout = adapter.frame_layout(processor, hw)
@@ -90,7 +95,11 @@ def test_frame_token_positions_hold_image_tokens_in_frame_order(tiny):
     assert adapter.frame_grids(inputs) == [[layout.grid_hw] * 3]
     ids = inputs["input_ids"][0]
     assert bool((ids[pos[0].flatten()] == model.config.image_token_id).all())
-    assert int((ids == model.config.image_token_id).sum()) == pos.numel() + (3 if adapter_has_cls(adapter) else 0)
+    left_out = int((ids == model.config.image_token_id).sum()) - pos.numel()
+    if model_type in ANYRES:  # tiles and newline tokens: counted in test_families.py
+        assert left_out >= 3
+    else:
+        assert left_out == (3 if adapter_has_cls(adapter) else 0)
     assert bool((pos[0].flatten().diff() > 0).all())
     if model_type.startswith("qwen"):
         assert torch.equal(inputs["mm_token_type_ids"][0].bool(), ids == model.config.image_token_id)
@@ -139,8 +148,8 @@ def test_qwen_video_groups_pair_consecutive_frames(model_type):
 
 def test_family_without_video_input_says_so(tiny):
     model_type, _, processor, adapter = tiny
-    if model_type.startswith("qwen"):
-        pytest.skip("Qwen-VL has video input")
+    if model_type != "llava":
+        pytest.skip("every other family has video input")
     frames = [np.zeros((112, 112, 3), np.uint8)] * 2
     with pytest.raises(ValueError, match=r"LlavaAdapter \(model_type 'llava'\) has no video input; use as_video=False"):
         adapter.video_geometry_rows(2, 0)
@@ -166,7 +175,9 @@ def test_decoder_layers_under_peft_and_wrapper(tiny):
     assert [m for _, m in wrapped] == [m for _, m in plain]
     assert wrapped[0][0].startswith("module.")
     q, k = adapter.attention_projections(plain[0][1])
-    assert q.out_features == model.config.text_config.hidden_size
+    text = model.config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    assert getattr(q, "proj", q).out_features == text.num_attention_heads * head_dim  # Qwen3-VL: with its q_norm
     peft_model = get_peft_model(
         model, LoraConfig(r=2, target_modules=r".*language_model\.layers\.\d+\.self_attn\.(q|k)_proj")
     )
@@ -176,7 +187,7 @@ def test_decoder_layers_under_peft_and_wrapper(tiny):
         assert len(layers) == n
         assert get_adapter(peft_model).config.model_type == model.config.model_type
         q, _ = adapter.attention_projections(layers[0][1])
-        assert hasattr(q, "lora_A")
+        assert hasattr(getattr(q, "proj", q), "lora_A")
     finally:
         peft_model.unload()
 

@@ -54,6 +54,8 @@ def test_special_token_ids_come_from_tokenizer(saved):
             assert tok.convert_tokens_to_ids(special) != tok.unk_token_id
     else:
         assert config.image_token_id == tok.convert_tokens_to_ids("<image>")
+        if getattr(config, "video_token_id", None) is not None:
+            assert config.video_token_id == tok.convert_tokens_to_ids("<video>") != tok.unk_token_id
     assert config.text_config.vocab_size == len(tok)
     text = "How far is the chair from the door?"
     assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
@@ -69,29 +71,39 @@ def test_chat_template_places_one_placeholder_per_image(saved):
 
 
 def test_processor_grid_at_224(saved):
+    from transformers import AutoConfig
+
+    from gasp_plugin.models.registry import get_adapter
+
     model_type, path = saved
     processor = load_processor(path)
+    config = AutoConfig.from_pretrained(path)
+    layout = get_adapter(config).frame_layout(processor, (224, 224))
     frame = np.zeros((224, 224, 3), dtype=np.uint8)
     out = processor.image_processor(images=[frame], return_tensors="pt")
     if model_type.startswith("qwen"):
         merge = processor.image_processor.merge_size
         grid = out["image_grid_thw"][0].tolist()
-        assert [grid[0], grid[1] // merge, grid[2] // merge] == [1, 8, 8]
-    else:
-        assert tuple(out["pixel_values"].shape) == (1, 3, 224, 224)
+        assert [grid[0], grid[1] // merge, grid[2] // merge] == [1, *layout.grid_hw]
+        assert layout.cell == config.vision_config.patch_size * merge  # 28 px Qwen2-VL, 32 px Qwen3-VL
+    else:  # the tower's 224 px input (LLaVA-NeXT families: the base view, first of the views)
+        assert tuple(out["pixel_values"].shape[-3:]) == (3, 224, 224)
+        assert layout.grid_hw == (16, 16)
 
 
-def test_qwen_processor_fallback_is_parts_or_full(saved):
+def test_processor_fallback_is_parts_or_full(saved):
     model_type, path = saved
     processor = load_processor(path)
     try:
         import torchvision  # noqa: F401
     except ImportError:
         torchvision = None
-    if model_type.startswith("qwen") and torchvision is None:
+    if model_type != "llava" and torchvision is None:
+        # every family with a video processor: image processor and tokenizer only
         assert isinstance(processor, ProcessorParts)
-        assert type(processor.image_processor).__name__ == "Qwen2VLImageProcessorPil"
-    else:  # LLaVA, or Qwen with torchvision: the model's own full processor
+        assert type(processor.image_processor).__name__.endswith("ImageProcessorPil")
+        assert processor.processor_class.endswith("Processor")
+    else:  # LLaVA, or any family with torchvision: the model's own full processor
         assert not isinstance(processor, ProcessorParts)
         assert type(processor).__name__.endswith("Processor")
 

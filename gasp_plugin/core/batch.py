@@ -9,7 +9,8 @@ e.g. not cropped away by LLaVA's centre crop), the point's depth in the target f
 target-frame token the median of the valid depth pixels in its cell (0 when it has none). The
 anchor point's own token comes from ``tracks.query_xy`` in the anchor frame.
 
-With video input (``as_video=True``, families whose adapter has it), the adapter's
+With video input (``as_video=True``, families whose adapter has it; ``None``, the default, takes
+the adapter's ``geometry_as_video``: LLaVA-NeXT-Video's clips are videos, as in the paper), the adapter's
 ``video_geometry_rows`` names the frame whose geometry each token frame of the video carries. For
 Qwen-VL, each temporal group of ``temporal_patch_size`` frames is one "frame" of the targets, with
 the geometry of its first frame (see :mod:`gasp_plugin.models.qwen2_vl`); the anchor must be a
@@ -115,11 +116,13 @@ def _check_inputs(clip, tracks) -> None:
 
 
 def build_geometry_example(
-    clip, tracks, processor: Any, adapter, *, prompt: str = "Describe the frames.", as_video: bool = False
+    clip, tracks, processor: Any, adapter, *, prompt: str = "Describe the frames.", as_video: bool | None = None
 ) -> dict:
     """Model inputs (batch of one) plus ``gasp_targets`` for one clip; see the module docstring."""
     _check_inputs(clip, tracks)
     frames = [np.asarray(im) for im in clip.images]
+    as_video = adapter.geometry_as_video if as_video is None else as_video
+    layout_of = adapter.video_frame_layout if as_video else adapter.frame_layout
     if as_video:
         rows = adapter.video_geometry_rows(len(frames), tracks.anchor)
         inputs = adapter.build_video_inputs(processor, frames, prompt=prompt)
@@ -127,7 +130,7 @@ def build_geometry_example(
         rows = list(range(len(frames)))
         inputs = adapter.build_frame_inputs(processor, frames, prompt=prompt)
     positions = adapter.frame_token_positions(inputs)  # [1, f', n]
-    layouts = [adapter.frame_layout(processor, frames[r].shape[:2]) for r in rows]
+    layouts = [layout_of(processor, frames[r].shape[:2]) for r in rows]
     adapter.check_layouts(inputs, layouts)  # targets index the grids the model will really see
     anchor_slot = rows.index(tracks.anchor)
     anchor_tokens = layouts[anchor_slot].pixels_to_tokens(tracks.query_xy.float())  # [p]

@@ -6,10 +6,8 @@ Token layout: the image processor pads the frame to a square first when ``do_pad
 raster order. With ``vision_feature_select_strategy == "full"`` the class token comes first and is
 skipped here (it has no cell). Pixels cropped away map to no token (-1).
 
-``llava_next_video`` / ``llava_onevision`` are not registered: their "anyres" tiling adds a
-base-image view plus per-tile grids with an image-newline token after each row (and video pooling
-in LLaVA-NeXT-Video), so a frame's tokens are neither contiguous nor a single raster grid. A clean
-mapping needs per-tile layouts; that is future work rather than a guess here.
+LLaVA-NeXT-Video and LLaVA-OneVision (any-resolution tiling, newline tokens, pooled video frames)
+have their own adapters: :mod:`gasp_plugin.models.llava_next`.
 """
 
 from __future__ import annotations

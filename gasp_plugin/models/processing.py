@@ -7,6 +7,12 @@ GASP needs only the model's own *image processor* and *tokenizer* (plus its chat
 load fine, so :func:`load_processor` returns the full processor where it can and a
 :class:`ProcessorParts` holding exactly those pieces where it cannot. The model adapters
 (:mod:`gasp_plugin.models.registry`) accept either.
+
+The same holds for every family with a video processor (LLaVA-NeXT-Video, LLaVA-OneVision,
+Qwen3-VL). Instruction data expands its image placeholders without the full processor by a rule
+per processor class (:data:`gasp_plugin.data.instruct.EXPANSIONS`); for the families listed in
+:data:`ADAPTER_EXPANDED` the rule is the model adapter's ``expand_images``, found from the model
+config the parts carry (:attr:`ProcessorParts.model_config`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ProcessorParts", "load_processor"]
+__all__ = ["ProcessorParts", "load_processor", "ADAPTER_EXPANDED"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +41,16 @@ class ProcessorParts:
         tokenizer: the model's tokenizer.
         chat_template: the model family's chat template (jinja), or ``None``.
         processor_class: the name of the full processor class this stands in for.
+        model_config: the config of the model these parts serve (read from the checkpoint's
+            ``config.json`` by :meth:`from_pretrained`), or ``None``; adapters that expand media
+            placeholders for the instruction data read their sizes from it.
     """
 
     image_processor: Any
     tokenizer: Any
     chat_template: str | None = None
     processor_class: str = ""
+    model_config: Any = None
 
     def apply_chat_template(self, messages: list[dict], **kwargs) -> Any:
         """Render ``messages`` with the family's chat template (same call as a processor's)."""
@@ -64,8 +74,9 @@ class ProcessorParts:
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "ProcessorParts":
-        """Load the image processor, tokenizer and chat template saved in ``path``."""
-        from transformers import AutoImageProcessor, AutoTokenizer
+        """Load the image processor, tokenizer and chat template saved in ``path`` (and the model
+        config when the folder holds one)."""
+        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
         path = Path(path)
         template_file = path / _CHAT_TEMPLATE_FILE
@@ -77,7 +88,33 @@ class ProcessorParts:
             tokenizer=AutoTokenizer.from_pretrained(path),
             chat_template=template,
             processor_class=proc_class,
+            model_config=AutoConfig.from_pretrained(path) if (path / "config.json").is_file() else None,
         )
+
+
+#: processor classes whose image placeholders the model's adapter expands when only the parts load
+ADAPTER_EXPANDED = ("LlavaNextVideoProcessor", "LlavaOnevisionProcessor", "Qwen3VLProcessor")
+
+
+def _adapter_expansion(parts: ProcessorParts, images: list) -> tuple[dict, list[int]]:
+    """``(vision inputs, tokens per image)`` by the adapter of the model the parts serve."""
+    from gasp_plugin.models.registry import get_adapter
+
+    if parts.model_config is None:
+        raise ValueError(f"{parts.processor_class} without torchvision: its image tokens are counted from the model "
+                         "config, which these processor parts do not carry; load them with "
+                         "load_processor(checkpoint folder) or install torchvision for the full processor")
+    return get_adapter(parts.model_config).expand_images(parts, images)
+
+
+def _register_expansions() -> None:
+    from gasp_plugin.data.instruct import EXPANSIONS
+
+    for name in ADAPTER_EXPANDED:
+        EXPANSIONS.setdefault(name, _adapter_expansion)
+
+
+_register_expansions()  # EXPANSIONS is data.instruct's registry of expansion rules by processor class
 
 
 def load_processor(path: str | Path) -> Any:

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from gasp_plugin.data.instruct import mm_token_type_ids
 from gasp_plugin.models.processing import ProcessorParts
+from gasp_plugin.models.prompts import check_frames as _check_frames
 from gasp_plugin.models.registry import FrameLayout, VLMAdapter, register_adapter
 
 __all__ = ["QwenVLAdapter", "check_video_pairs", "video_geometry_frames"]
@@ -99,13 +99,19 @@ class QwenVLAdapter(VLMAdapter):
             if "mm_token_type_ids" not in out:
                 out["mm_token_type_ids"] = mm_token_type_ids(out["input_ids"], self.config.image_token_id)
             return out
-        vis = processor.image_processor(images=frames, return_tensors="pt")
-        counts = [int(g.prod()) // self.merge**2 for g in vis["image_grid_thw"]]
+        vis, counts = self.expand_images(processor, frames)
         placeholder = getattr(processor, "image_token", None) or "<|image_pad|>"
         return {**self._tokenize(processor, text, placeholder, counts), **vis}
 
-    def build_video_inputs(self, processor: Any, frames: list, *, prompt: str = "Describe the video.") -> dict:
-        """Inputs for ``frames`` as one video; see the module docstring for temporal groups."""
+    def expand_images(self, processor: Any, images: list) -> tuple[dict, list[int]]:
+        """``(vision inputs, tokens per image)`` for ``images`` of one sample, through the image
+        processor: what a processor without its video part needs to expand the image token."""
+        vis = dict(processor.image_processor(images=list(images), return_tensors="pt"))
+        return vis, [int(g.prod()) // self.merge**2 for g in vis["image_grid_thw"]]
+
+    def _video_patches(self, processor: Any, frames: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pixel_values_videos, video_grid_thw [1, 3])`` of ``frames`` as one video, made by
+        the image processor; see the module docstring for temporal groups."""
         frames = _check_frames(frames)
         tps = self.temporal_patch_size
         video_geometry_frames(len(frames), tps)
@@ -121,7 +127,11 @@ class QwenVLAdapter(VLMAdapter):
         groups = patches.reshape(len(frames) // tps, tps, n_patch, c, tps, p, p)
         picked = torch.stack([groups[:, t, :, :, t] for t in range(tps)], dim=3)  # [g, N, C, T, p, p]
         pixel_values_videos = picked.reshape(-1, c * tps * p * p)
-        video_grid_thw = torch.tensor([[len(frames) // tps, int(grid[1]), int(grid[2])]])
+        return pixel_values_videos, torch.tensor([[len(frames) // tps, int(grid[1]), int(grid[2])]])
+
+    def build_video_inputs(self, processor: Any, frames: list, *, prompt: str = "Describe the video.") -> dict:
+        """Inputs for ``frames`` as one video; see the module docstring for temporal groups."""
+        pixel_values_videos, video_grid_thw = self._video_patches(processor, frames)
         text = self._prompt(processor, "video", 1, prompt)
         placeholder = getattr(processor, "video_token", None) or "<|video_pad|>"
         count = int(video_grid_thw.prod()) // self.merge**2
@@ -130,6 +140,11 @@ class QwenVLAdapter(VLMAdapter):
             "pixel_values_videos": pixel_values_videos,
             "video_grid_thw": video_grid_thw,
         }
+
+    def video_frame_layout(self, processor: Any, orig_hw: tuple[int, int]) -> FrameLayout:
+        """Video frames are patchified by the image processor (see :meth:`build_video_inputs`), so
+        each has the image layout."""
+        return self.frame_layout(processor, orig_hw)
 
     def video_geometry_rows(self, num_frames: int, anchor: int) -> list[int]:
         """The first frame row of each temporal group; ``anchor`` must be one of them."""
@@ -227,15 +242,3 @@ class QwenVLAdapter(VLMAdapter):
         low, high = self.pixel_budget(processor)
         rh, rw = smart_resize(h, w, factor=cell, min_pixels=low, max_pixels=high)
         return FrameLayout((h, w), (rh, rw), (0, 0), cell, (rh // cell, rw // cell))
-
-
-def _check_frames(frames: list) -> list[np.ndarray]:
-    if len(frames) == 0:
-        raise ValueError("no frames given; pass a list of uint8 [h, w, 3] arrays")
-    out = []
-    for i, fr in enumerate(frames):
-        arr = np.asarray(fr)
-        if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-            raise ValueError(f"frame {i} must be uint8 [h, w, 3], got {arr.dtype} {tuple(arr.shape)}")
-        out.append(arr)
-    return out

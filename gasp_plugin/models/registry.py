@@ -36,6 +36,7 @@ __all__ = [
     "get_adapter",
     "supported_model_types",
     "find_module",
+    "resampled_token_of_patch",
 ]
 
 
@@ -52,6 +53,12 @@ class FrameLayout:
         pad_yx: top-left ``(y, x)`` of the original frame inside the canvas the processor pads it
             onto before resizing (LLaVA's pad-to-square); ``(0, 0)`` without padding.
         padded_hw: ``(h, w)`` of that canvas (the image the resize reads); ``None`` = ``orig_hw``.
+        token_of_patch: ``(rows, cols)``, when the vision path resamples its patch grid onto the
+            token grid (LLaVA-OneVision video: bilinear 27 -> 14 patches per side): the token row
+            of each patch row and the token column of each patch column (-1 = read by no token);
+            ``cell`` is then the patch side. ``None`` = each token is one ``cell`` of the image.
+            The tables must be non-decreasing and reach every token, so each token covers a
+            contiguous run of patches (:func:`resampled_token_of_patch` builds them).
     """
 
     orig_hw: tuple[int, int]
@@ -61,11 +68,45 @@ class FrameLayout:
     grid_hw: tuple[int, int]
     pad_yx: tuple[int, int] = (0, 0)
     padded_hw: tuple[int, int] | None = None
+    token_of_patch: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+
+    def __post_init__(self):
+        if self.token_of_patch is None:
+            return
+        for axis, table in enumerate(self.token_of_patch):
+            used = [t for t in table if t >= 0]
+            if used != sorted(used) or sorted(set(used)) != list(range(self.grid_hw[axis])):
+                raise ValueError(f"token_of_patch[{axis}] = {list(table)} must be non-decreasing and reach each "
+                                 f"of the {self.grid_hw[axis]} tokens along that axis")
+            first, last = table.index(used[0]), len(table) - 1 - table[::-1].index(used[-1])
+            if any(t < 0 for t in table[first:last + 1]):
+                raise ValueError(f"token_of_patch[{axis}] = {list(table)}: a patch inside the grid is read by no token")
 
     @property
     def num_tokens(self) -> int:
         """``gh * gw``, the frame's token count."""
         return self.grid_hw[0] * self.grid_hw[1]
+
+    def _spans(self, axis: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(lo [g], hi [g])`` float64: each token's extent along ``axis`` in cropped resized pixels."""
+        g = self.grid_hw[axis]
+        if self.token_of_patch is None:
+            j = np.arange(g, dtype=np.float64)
+            return j * self.cell, (j + 1) * self.cell
+        table = np.asarray(self.token_of_patch[axis])
+        lo = np.array([np.flatnonzero(table == j)[0] for j in range(g)], dtype=np.float64)
+        hi = np.array([np.flatnonzero(table == j)[-1] + 1 for j in range(g)], dtype=np.float64)
+        return lo * self.cell, hi * self.cell
+
+    def _token_index(self, u: torch.Tensor, axis: int) -> torch.Tensor:
+        """Token row (axis 0) or column (axis 1) of cropped resized coordinates ``u``; may fall
+        outside ``[0, g)`` (callers test it)."""
+        idx = torch.floor(u / self.cell).long()
+        if self.token_of_patch is None:
+            return idx
+        table = torch.tensor(self.token_of_patch[axis], dtype=torch.long)
+        inside = (idx >= 0) & (idx < table.numel())
+        return torch.where(inside, table[idx.clamp(0, table.numel() - 1)], torch.full_like(idx, -1))
 
     def _scale(self, axis: int) -> float:
         """Resized pixels per canvas (padded original) pixel along ``axis``."""
@@ -95,28 +136,43 @@ class FrameLayout:
             raise ValueError(f"xy must have shape [..., 2], got {tuple(xy.shape)}")
         gh, gw = self.grid_hw
         xy = xy.to(torch.float64)
-        col = torch.floor(self._to_resized(xy[..., 0], 1) / self.cell).long()
-        row = torch.floor(self._to_resized(xy[..., 1], 0) / self.cell).long()
+        col = self._token_index(self._to_resized(xy[..., 0], 1), 1)
+        row = self._token_index(self._to_resized(xy[..., 1], 0), 0)
         inside = (col >= 0) & (col < gw) & (row >= 0) & (row < gh) & torch.isfinite(xy).all(-1)
         return torch.where(inside, row * gw + col, torch.full_like(col, -1))
 
     def token_centres(self) -> torch.Tensor:
         """``[gh * gw, 2]`` float64 original-frame pixel ``(x, y)`` of each token cell's centre, in
         raster order: :meth:`pixels_to_tokens` maps row ``i`` back to token ``i``."""
-        gh, gw = self.grid_hw
-        rows, cols = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64),
-                                    indexing="ij")
-        x = self._to_original((cols.reshape(-1) + 0.5) * self.cell, 1)
-        y = self._to_original((rows.reshape(-1) + 0.5) * self.cell, 0)
-        return torch.stack([x, y], dim=-1)
+        (ylo, yhi), (xlo, xhi) = self._spans(0), self._spans(1)
+        y = torch.from_numpy(self._to_original((ylo + yhi) / 2, 0))
+        x = torch.from_numpy(self._to_original((xlo + xhi) / 2, 1))
+        rows, cols = torch.meshgrid(y, x, indexing="ij")
+        return torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=-1)
 
     def cell_boundaries(self) -> tuple[np.ndarray, np.ndarray]:
         """Token-cell boundaries ``(xs [gw + 1], ys [gh + 1])`` float64 in original-frame pixel
         coordinates (pixel centres at integers, so the boundary between pixels 0 and 1 is 0.5);
         cell ``(row, col)`` spans ``xs[col] .. xs[col + 1]`` by ``ys[row] .. ys[row + 1]``."""
-        gh, gw = self.grid_hw
-        return (self._to_original(np.arange(gw + 1) * self.cell, 1),
-                self._to_original(np.arange(gh + 1) * self.cell, 0))
+        (ylo, yhi), (xlo, xhi) = self._spans(0), self._spans(1)
+        return (self._to_original(np.append(xlo, xhi[-1]), 1), self._to_original(np.append(ylo, yhi[-1]), 0))
+
+
+def resampled_token_of_patch(n_patches: int, n_tokens: int, mode: str = "bilinear") -> tuple[int, ...]:
+    """Token of each of ``n_patches`` patches along one axis when the model resamples the patch
+    grid to ``n_tokens`` per side with ``torch.nn.functional.interpolate(mode=mode)``
+    (``align_corners=False``, no antialias, as LLaVA-OneVision's video pooling): the token that
+    patch weighs most in (the earlier token on a tie); -1 for a patch no token reads. The weights
+    come from the same interpolate call on one-hot rows, so the table follows torch's sampling.
+    Bilinear without antialias samples: a patch between two sampling points weighs little in
+    either token (the probes skip such patches)."""
+    if mode not in ("bilinear", "linear"):
+        raise ValueError(f"mode must be 'bilinear' (or 'linear'); got {mode!r}")
+    one_hot = torch.eye(n_patches, dtype=torch.float64)[None]  # [1, patches (channels), patches (length)]
+    weights = torch.nn.functional.interpolate(one_hot, size=n_tokens, mode="linear", align_corners=False)[0]
+    best = weights.argmax(-1)  # [patches]: first maximum
+    best[weights.max(-1).values <= 0] = -1
+    return tuple(int(t) for t in best)
 
 
 def _split_positions(is_visual: torch.Tensor, counts_per_row: list[list[int]]) -> torch.Tensor:
@@ -241,6 +297,15 @@ class VLMAdapter(ABC):
         return _split_positions(self.visual_token_mask(inputs), self.frame_token_counts(inputs))
 
     # -- frames as one video (families without video input keep these defaults) --------------
+    #: whether geometry clips reach the model as one video by default (``build_geometry_example``
+    #: with ``as_video=None``): the families whose multi-frame form is their video input
+    geometry_as_video: bool = False
+
+    def video_frame_layout(self, processor: Any, orig_hw: tuple[int, int]) -> FrameLayout:
+        """How one frame of size ``orig_hw`` reaches its token grid when the frames form a video
+        (:meth:`build_video_inputs`); here, always a ``ValueError``: no video input."""
+        raise ValueError(self._no_video())
+
     def video_geometry_rows(self, num_frames: int, anchor: int) -> list[int]:
         """Frame rows whose geometry the video's token frames carry, one per token frame in order.
 
@@ -299,7 +364,7 @@ def register_adapter(*model_types: str) -> Callable[[type[VLMAdapter]], type[VLM
 
 def _ensure_builtin() -> None:
     # the built-in families register on import of their modules
-    from gasp_plugin.models import llava, qwen2_vl  # noqa: F401
+    from gasp_plugin.models import llava, llava_next_video, llava_onevision, qwen2_vl, qwen3_vl  # noqa: F401
 
 
 def supported_model_types() -> list[str]:

@@ -233,7 +233,7 @@ def _qwen_processor(config, tokenizer, sizes: _Sizes):
         cls = getattr(transformers, processor_class)
         return cls(image_processor, tokenizer, video_processor, chat_template=_QWEN_TEMPLATE)
     except ImportError:  # transformers 5.x: Qwen-VL processors need torchvision for video
-        return ProcessorParts(image_processor, tokenizer, _QWEN_TEMPLATE, processor_class)
+        return ProcessorParts(image_processor, tokenizer, _QWEN_TEMPLATE, processor_class, config)
 
 
 def _llava_tokenizer():
@@ -288,17 +288,212 @@ def _llava_processor(config, tokenizer, sizes: _Sizes):
     )
 
 
+# -- LLaVA-NeXT-Video, LLaVA-OneVision, Qwen3-VL -------------------------------------------------
+
+_LLAVA_VIDEO_TEMPLATE = _LLAVA_TEMPLATE.replace(
+    "{% if c['type'] == 'image' %}<image>\n", "{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'video' %}<video>\n"
+)
+_ONEVISION_TEMPLATE = _QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>\n").replace(
+    "<|vision_start|><|video_pad|><|vision_end|>", "<video>\n"
+)
+
+
+def _kv_heads(sizes: _Sizes) -> int:
+    """Grouped-query attention in the tiny models of families that have it: half the heads."""
+    return sizes.num_heads // 2 if sizes.num_heads % 2 == 0 else sizes.num_heads
+
+
+def _torchvision() -> bool:
+    from transformers.utils import is_torchvision_available
+
+    return bool(is_torchvision_available())
+
+
+def _llava_video_tokenizer():
+    return build_tiny_tokenizer(
+        _LLAVA_SPECIAL + ["<video>"], unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+def _clip_vision(sizes: _Sizes, vision_over: dict) -> dict:
+    return {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": sizes.vision_depth, "num_attention_heads": 2, "image_size": sizes.image_size,
+            "patch_size": 14, "projection_dim": 32, **vision_over}
+
+
+def _llava_next_video_config(sizes: _Sizes, tokenizer, overrides: dict):
+    from transformers import LlavaNextVideoConfig
+
+    text_over, vision_over, top = _split_overrides(overrides)
+    text = {"model_type": "llama", **_text_kwargs(sizes, tokenizer, {"num_key_value_heads": _kv_heads(sizes), **text_over}),
+            "bos_token_id": tokenizer.bos_token_id}
+    vision = _clip_vision(sizes, vision_over)
+    side, n = vision["image_size"], vision["image_size"] // vision["patch_size"]
+    if n % 2:
+        raise ValueError(f"image_size {side} gives {n} patches per side; the video pooler (stride 2) and the "
+                         "processor's token count agree only for an even number")
+    ids = tokenizer.convert_tokens_to_ids
+    return LlavaNextVideoConfig(
+        text_config=text, vision_config=vision, image_token_index=ids("<image>"), video_token_index=ids("<video>"),
+        vision_feature_select_strategy="default", vision_feature_layer=-2, spatial_pool_mode="average",
+        spatial_pool_stride=2, image_seq_length=n * n, video_seq_length=(n // 2) ** 2,
+        # the released checkpoint's pinpoints (336 px tiles), at this tower's side
+        image_grid_pinpoints=[[side, 2 * side], [2 * side, side], [2 * side, 2 * side], [3 * side, side], [side, 3 * side]],
+        pad_token_id=tokenizer.pad_token_id, **top,
+    )
+
+
+def _llava_next_video_video_processor(config, sizes: _Sizes):
+    from transformers.models.llava_next_video.video_processing_llava_next_video import LlavaNextVideoVideoProcessor
+
+    side = config.vision_config.image_size
+    return LlavaNextVideoVideoProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+
+
+def _llava_next_video_processor(config, tokenizer, sizes: _Sizes):
+    """LlavaNextVideoProcessor with the PIL image processor; :class:`ProcessorParts` without torchvision."""
+    from transformers import LlavaNextImageProcessorPil
+
+    side = config.vision_config.image_size
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+                                                 image_grid_pinpoints=config.image_grid_pinpoints)
+    if not _torchvision():
+        return ProcessorParts(image_processor, tokenizer, _LLAVA_VIDEO_TEMPLATE, "LlavaNextVideoProcessor", config)
+    from transformers import LlavaNextVideoProcessor
+
+    return LlavaNextVideoProcessor(
+        video_processor=_llava_next_video_video_processor(config, sizes), image_processor=image_processor,
+        tokenizer=tokenizer, chat_template=_LLAVA_VIDEO_TEMPLATE, patch_size=config.vision_config.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy, num_additional_image_tokens=1,
+    )
+
+
+def _onevision_tokenizer():
+    return build_tiny_tokenizer(
+        _QWEN_SPECIAL + ["<image>", "<video>"], eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>"
+    )
+
+
+def _onevision_config(sizes: _Sizes, tokenizer, overrides: dict):
+    from transformers import LlavaOnevisionConfig
+
+    text_over, vision_over, top = _split_overrides(overrides)
+    text = {"model_type": "qwen2", **_text_kwargs(sizes, tokenizer, {"num_key_value_heads": _kv_heads(sizes), **text_over}),
+            "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>")}
+    vision = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": sizes.vision_depth, "num_attention_heads": 2, "image_size": sizes.image_size,
+              "patch_size": 14, "vision_use_head": False, **vision_over}
+    side = vision["image_size"]
+    ids = tokenizer.convert_tokens_to_ids
+    return LlavaOnevisionConfig(
+        text_config=text, vision_config=vision, image_token_index=ids("<image>"), video_token_index=ids("<video>"),
+        vision_feature_select_strategy="full", vision_feature_layer=-1, vision_aspect_ratio="anyres_max_9",
+        # the released checkpoint's pinpoints: 1..6 tiles per side, at this tower's side
+        image_grid_pinpoints=[[side * i, side * j] for i in range(1, 7) for j in range(1, 7)],
+        pad_token_id=tokenizer.pad_token_id, **top,
+    )
+
+
+def _onevision_video_processor(config, sizes: _Sizes):
+    from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
+
+    side = config.vision_config.image_size
+    return LlavaOnevisionVideoProcessor(size={"height": side, "width": side})
+
+
+def _onevision_processor(config, tokenizer, sizes: _Sizes):
+    """LlavaOnevisionProcessor with the PIL image processor; :class:`ProcessorParts` without torchvision."""
+    from transformers import LlavaOnevisionImageProcessorPil
+
+    side = config.vision_config.image_size
+    image_processor = LlavaOnevisionImageProcessorPil(size={"height": side, "width": side},
+                                                      image_grid_pinpoints=config.image_grid_pinpoints)
+    if not _torchvision():
+        return ProcessorParts(image_processor, tokenizer, _ONEVISION_TEMPLATE, "LlavaOnevisionProcessor", config)
+    from transformers import LlavaOnevisionProcessor
+
+    n = side // config.vision_config.patch_size
+    return LlavaOnevisionProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=_onevision_video_processor(config, sizes),
+        num_image_tokens=n * n, vision_feature_select_strategy=config.vision_feature_select_strategy,
+        chat_template=_ONEVISION_TEMPLATE, vision_aspect_ratio=config.vision_aspect_ratio,
+    )
+
+
+def _qwen3_mrope_section(head_dim: int) -> list[int]:
+    """Qwen3-VL's interleaved (t, h, w) split of ``head_dim / 2`` rotary pairs, scaled from 24/20/20 of 64."""
+    half = head_dim // 2
+    hw = half * 20 // 64 or 1
+    return [half - 2 * hw, hw, hw]
+
+
+def _qwen3_vl_config(sizes: _Sizes, tokenizer, overrides: dict):
+    from transformers import Qwen3VLConfig
+
+    text_over, vision_over, top = _split_overrides(overrides)
+    text = {**_text_kwargs(sizes, tokenizer, {}), "num_key_value_heads": _kv_heads(sizes),
+            "head_dim": sizes.hidden_size // sizes.num_heads,
+            "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"), **text_over}
+    text.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 5e6, "mrope_interleaved": True,
+                                        "mrope_section": _qwen3_mrope_section(text["head_dim"])})
+    # DeepStack: features of the first vision layers go into the first LLM layers (not the last)
+    deepstack = list(range(min(sizes.vision_depth, max(1, sizes.num_layers - 1))))
+    vision = {"depth": sizes.vision_depth, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+              "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 64,
+              "out_hidden_size": text["hidden_size"], "deepstack_visual_indexes": deepstack, **vision_over}
+    return Qwen3VLConfig(text_config=text, vision_config=vision, **_qwen_token_ids(tokenizer), **top)
+
+
+def _qwen3_vl_video_processor(config, sizes: _Sizes):
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    vc = config.vision_config
+    factor = vc.patch_size * vc.spatial_merge_size
+    return Qwen3VLVideoProcessor(size={"shortest_edge": factor * factor, "longest_edge": sizes.image_size**2 * 2},
+                                 patch_size=vc.patch_size, temporal_patch_size=vc.temporal_patch_size,
+                                 merge_size=vc.spatial_merge_size)
+
+
+def _qwen3_vl_processor(config, tokenizer, sizes: _Sizes):
+    """Qwen3VLProcessor with Qwen2-VL's PIL image processor (as the released checkpoints);
+    :class:`ProcessorParts` without torchvision."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    vc = config.vision_config
+    factor = vc.patch_size * vc.spatial_merge_size
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=factor * factor, max_pixels=sizes.image_size * sizes.image_size, patch_size=vc.patch_size,
+        temporal_patch_size=vc.temporal_patch_size, merge_size=vc.spatial_merge_size,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )
+    if not _torchvision():
+        return ProcessorParts(image_processor, tokenizer, _QWEN_TEMPLATE, "Qwen3VLProcessor", config)
+    from transformers import Qwen3VLProcessor
+
+    return Qwen3VLProcessor(image_processor, tokenizer, _qwen3_vl_video_processor(config, sizes),
+                            chat_template=_QWEN_TEMPLATE)
+
+
 @dataclass(frozen=True)
 class _Family:
     tokenizer: Callable[[], Any]
     config: Callable[[_Sizes, Any, dict], Any]
     processor: Callable[[Any, Any, _Sizes], Any]
+    #: the family's video processor, saved beside a checkpoint that has one (as released
+    #: checkpoints do), so that loading without torchvision fails cleanly into ProcessorParts
+    video_processor: Callable[[Any, _Sizes], Any] | None = None
 
 
 _FAMILIES: dict[str, _Family] = {
     "qwen2_vl": _Family(_qwen_tokenizer, _qwen2_vl_config, _qwen_processor),
     "qwen2_5_vl": _Family(_qwen_tokenizer, _qwen2_5_vl_config, _qwen_processor),
     "llava": _Family(_llava_tokenizer, _llava_config, _llava_processor),
+    "llava_next_video": _Family(_llava_video_tokenizer, _llava_next_video_config, _llava_next_video_processor,
+                                _llava_next_video_video_processor),
+    "llava_onevision": _Family(_onevision_tokenizer, _onevision_config, _onevision_processor,
+                               _onevision_video_processor),
+    "qwen3_vl": _Family(_qwen_tokenizer, _qwen3_vl_config, _qwen3_vl_processor, _qwen3_vl_video_processor),
 }
 TINY_MODEL_TYPES = tuple(_FAMILIES)
 
@@ -367,4 +562,8 @@ def save_tiny_model(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    family = _family(model_type)
+    if family.video_processor is not None and getattr(processor, "video_processor", None) is None:
+        family.video_processor(model.config, _Sizes(hidden_size, num_layers, num_heads, image_size, vision_depth)
+                               ).save_pretrained(out)
     return out
