@@ -140,7 +140,7 @@ def test_import_does_not_import_trl(trl_env):
     code = ("import sys, gasp_plugin.integrations.trl as m; assert 'trl' not in sys.modules; "
             "m.GaspSFTTrainer; assert 'trl' in sys.modules; print(m.GaspSFTTrainer.__mro__[2].__name__)")
     run = subprocess.run([str(python), "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0 and run.stdout.strip() == "_SFTOutputsOnRequest", run.stderr[-3000:]
+    assert run.returncode == 0 and run.stdout.strip() == "SFTTrainer", run.stderr[-3000:]
 
 
 def test_sft_trainer_keeps_its_metrics_and_saves_a_plain_adapter(trl_env):

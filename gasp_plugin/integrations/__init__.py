@@ -1,15 +1,17 @@
-"""Glue that the patches in ``patches/`` call to wire GASP into existing training repositories.
+"""GASP in the training frameworks people already run.
 
-Each patch adds a handful of lines to its repository; the logic lives here so that it is tested
-with the rest of the package and a user's checkout only has to ``git apply`` the patch:
+The logic lives here, tested with the rest of the package; a framework meets it through a patch
+(``patches/``), a plugin file or a trainer class:
 
-- :mod:`gasp_plugin.integrations.common`: :class:`GaspArguments` (the ``--gasp_*`` command-line
-  arguments), attaching the heads, interleaving a repository's own dataset and collator with
-  GASP geometry clips, and the trainer class with :class:`gasp_plugin.GaspTrainerMixin` mixed in.
-- :mod:`gasp_plugin.integrations.qwen_vl_finetune`: QwenLM's ``qwen-vl-finetune``.
-- :mod:`gasp_plugin.integrations.llamafactory`: hiyouga's LLaMA-Factory (SFT stage).
+- :mod:`gasp_plugin.integrations.common`: :class:`GaspArguments` (the ``--gasp_*`` arguments),
+  attaching the heads, interleaving a framework's own dataset and collator with GASP geometry
+  clips, and its trainer class with :class:`gasp_plugin.GaspTrainerMixin` mixed in.
+- :mod:`gasp_plugin.integrations.llamafactory`: hiyouga's LLaMA-Factory, SFT stage (a patch).
+- :mod:`gasp_plugin.integrations.qwen_vl_finetune`: QwenLM's ``qwen-vl-finetune`` (a patch).
+- :mod:`gasp_plugin.integrations.trl`: ``GaspSFTTrainer`` for TRL's ``SFTTrainer``.
+- :mod:`gasp_plugin.integrations.swift`: the ms-swift plugin file (``swift sft --external_plugins``).
 
-Importing this package is cheap: torch and transformers load only when a helper runs.
+Importing this package is cheap: torch, transformers and the frameworks load only when used.
 """
 
-__all__ = ["common", "qwen_vl_finetune", "llamafactory"]
+__all__ = ["common", "llamafactory", "qwen_vl_finetune", "trl", "swift"]

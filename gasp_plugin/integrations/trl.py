@@ -142,23 +142,7 @@ def gasp_sft_trainer_class() -> type:
 
     from gasp_plugin.train.trainer import GaspTrainerMixin
 
-    class _SFTOutputsOnRequest(SFTTrainer):
-        """SFTTrainer whose outputs are built only when the caller of ``compute_loss`` wants them.
-
-        GaspTrainerMixin delegates with ``return_outputs=True``; SFTTrainer then recomputes the
-        full logits with an extra forward (and warns that it is deprecated). Training never reads
-        them, so the loss alone is asked for unless the outer caller asked for outputs."""
-
-        _gasp_outputs_wanted = True
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if return_outputs and not self._gasp_outputs_wanted:
-                loss = super().compute_loss(model, inputs, return_outputs=False, num_items_in_batch=num_items_in_batch)
-                return loss, None
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
-
-    class GaspSFTTrainer(GaspTrainerMixin, _SFTOutputsOnRequest):
+    class GaspSFTTrainer(GaspTrainerMixin, SFTTrainer):
         """``trl.SFTTrainer`` with GASP; see :mod:`gasp_plugin.integrations.trl`.
 
         Args (besides SFTTrainer's):
@@ -206,12 +190,8 @@ def gasp_sft_trainer_class() -> type:
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs["use_cache"] = False  # as SFTTrainer does for its own batches; geometry ones reach model() directly
-            self._gasp_outputs_wanted = return_outputs
-            try:
-                return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                            num_items_in_batch=num_items_in_batch)
-            finally:
-                self._gasp_outputs_wanted = True
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
 
     GaspSFTTrainer.__module__ = __name__
     return GaspSFTTrainer

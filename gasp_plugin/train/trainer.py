@@ -4,9 +4,9 @@
 into does (its loss types, metrics, optimizer choices such as LoRA+ or GaLore, upstream patches
 of ``create_optimizer``) still happens:
 
-- ``compute_loss``: instruction steps call ``super().compute_loss(..., return_outputs=True)`` and
-  add a zero-weighted touch of the heads (every rank runs the same modules each step, which ZeRO-3
-  needs); geometry steps run the same parent call when the batch has ``labels`` and otherwise run
+- ``compute_loss``: instruction steps call ``super().compute_loss(...)`` (with the caller's
+  ``return_outputs``) and add a zero-weighted touch of the heads (every rank runs the same
+  modules each step, which ZeRO-3 needs); geometry steps run the same parent call when the batch has ``labels`` and otherwise run
   the forward alone (there is no LM target), then add the GASP terms.
 - ``create_optimizer``: ``super().create_optimizer()`` with the heads hidden from it, then one
   more parameter group for the heads at ``learning_rate * head_lr_scale``.
@@ -115,9 +115,10 @@ class GaspTrainerMixin:
         geometry = meta.get("gasp_kind") == GEOMETRY
         if geometry and "labels" not in inputs:
             lm, outputs = None, model(**inputs)  # no LM target: the parent's loss has nothing to compute
-        else:
-            lm, outputs = super().compute_loss(model, inputs, return_outputs=True,
-                                               num_items_in_batch=num_items_in_batch)
+        else:  # outputs only when our caller wants them (TRL builds them with an extra forward)
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+            lm, outputs = result if return_outputs else (result, None)
         gasp_out = None
         if geometry:
             gasp_out = self.gasp_handle.compute_loss(meta[TARGETS_KEY].to(self.args.device))
