@@ -138,7 +138,7 @@ def test_off_is_a_no_op():
     assert common.attach(model, args) is None and common.unfreeze_heads(None) == 0
     ds, collate = object(), object()
     assert common.interleave(ds, collate, None, None, None, args) == (ds, collate)
-    assert qwen_vl_finetune.wrap_data_module({"train_dataset": ds}, None, None, None, args) == {"train_dataset": ds}
+    assert qwen_vl_finetune.wrap_data_module({"train_dataset": ds}, None, None, None, None, args) == {"train_dataset": ds}
     assert llamafactory.interleave_data({"train_dataset": ds}, collate, None, None, None, None, None, args) == (
         {"train_dataset": ds}, collate)
     trainer_cls = type("T", (), {"__init__": lambda self, **kw: setattr(self, "kw", kw)})
@@ -268,9 +268,11 @@ def test_patched_script_flow_trains_and_saves_a_plain_adapter(route, tiny, holol
                                       use_cpu=True, seed=3, disable_tqdm=True)
     data = {"train_dataset": train, "eval_dataset": None, "data_collator": PadCollator(tokenizer.pad_token_id)}
     if route == "qwen_vl_finetune":
-        data = qwen_vl_finetune.wrap_data_module(data, processor, handle, training_args, args)
-        trainer = qwen_vl_finetune.make_trainer(UpstreamTrainer, handle, args, model=model, args=training_args,
-                                                processing_class=tokenizer, **data)
+        data_args = types.SimpleNamespace(min_pixels=None, max_pixels=112 * 112)  # the script's budget flags
+        data = qwen_vl_finetune.wrap_data_module(data, processor, handle, data_args, training_args, args)
+        trainer = qwen_vl_finetune.trainer_class(UpstreamTrainer)(
+            **qwen_vl_finetune.trainer_kwargs(handle, args), model=model, args=training_args,
+            processing_class=tokenizer, **data)
     else:
         model_args = types.SimpleNamespace(image_min_pixels=None, image_max_pixels=None)
         data, collator = llamafactory.interleave_data(data, data["data_collator"], handle, processor, model_args,
