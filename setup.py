@@ -35,11 +35,14 @@ setup(
         "gasp_plugin.recipes": ["*.yaml", "*.json", "*.sh"],
     },
     include_package_data=True,
+    # lower bounds: what the code needs (transformers 5.4 first ships the PIL Qwen2-VL image
+    # processor) or the lowest release the tests have run against (peft 0.18.1 and accelerate
+    # 1.11 in the LLaMA-Factory test); README.md, "Compatibility", lists what runs where
     install_requires=[
         "torch>=2.4",
-        "transformers>=5.0,<6",
-        "peft>=0.17",
-        "accelerate>=1.0",
+        "transformers>=5.4,<6",
+        "peft>=0.18",
+        "accelerate>=1.11",
         "tokenizers>=0.21",
         "numpy>=1.24",
         "einops>=0.7",
