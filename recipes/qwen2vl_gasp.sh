@@ -7,6 +7,9 @@
 #       bottom hands the arguments to `gasp train` (--local_rank, added by deepspeed, is accepted).
 #   [NUM_GPUS=N] [MASTER_PORT=P] [GASP_RECIPE=FILE] bash recipes/qwen2vl_gasp.sh [--recipe FILE] [key=value ...]
 #       this bash part starts the deepspeed launcher on this same file.
+#   deepspeed --hostfile HOSTFILE --master_addr NODE0 recipes/qwen2vl_gasp.sh data.geometry.scenes=[/shared/index.jsonl] ...
+#       several nodes (HOSTFILE: "node-01 slots=8" per line); scenes from a `gasp data index` file
+#       on a shared file system, so no rank walks the scene folders.
 #
 # The recipe defaults to recipes/qwen2vl_gasp.yaml next to this file ($GASP_RECIPE or --recipe
 # choose another); key=value pairs override it, e.g. model.path=/ckpt/Qwen2.5-VL-7B-Instruct.

@@ -127,12 +127,31 @@ def _losses_fell(state):
     assert lm[-1] < lm[0] and corr[-1] < corr[0], (lm, corr)
 
 
+def _indexed_scenes(root: Path) -> Path:
+    """Two synthetic scenes written and recorded in a scene index (what a multi-node job reads)."""
+    from gasp_plugin.data.index import build_index
+    from gasp_plugin.data.synthetic import SyntheticSceneConfig, generate_scenes
+
+    folder = root / "indexed-scenes"
+    generate_scenes(folder, 2, seed=5, config=SyntheticSceneConfig(height=112, width=112, num_frames=12),
+                    progress=False)
+    build_index([folder], root / "index.jsonl", workers=1, progress=False)
+    return root / "index.jsonl"
+
+
 def test_zero2_two_processes_via_bash_launcher(shared):
+    """Geometry scenes from a scene index, as a multi-node job reads them: each rank's clip
+    stream is its own (checked per step in _check_run)."""
     out = shared / "zero2"
-    cmd = ["bash", "recipes/qwen2vl_gasp.sh", "--recipe", "recipes/tiny_cpu.yaml", *_overrides(shared, out, 8, 2)]
+    index = _indexed_scenes(shared)
+    overrides = [o for o in _overrides(shared, out, 8, 2) if not o.startswith("data.geometry.synthetic")]
+    cmd = ["bash", "recipes/qwen2vl_gasp.sh", "--recipe", "recipes/tiny_cpu.yaml", *overrides,
+           f"data.geometry.scenes=[{index}]", "data.geometry.synthetic=null"]
     _run(cmd, _env())
-    state, _ = _check_run(out, shared, 8)
+    state, traces = _check_run(out, shared, 8)
     assert state["global_step"] == 8
+    geometry = {r: {t["stream"] for t in traces[r] if t["kind"] == "geometry"} for r in (0, 1)}
+    assert geometry[0] and geometry[1] and not geometry[0] & geometry[1]  # disjoint clip streams
     _losses_fell(state)
     _reload_matches_reference(out, shared)
 
