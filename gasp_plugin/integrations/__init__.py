@@ -9,9 +9,8 @@ The logic lives here, tested with the rest of the package; a framework meets it 
 - :mod:`gasp_plugin.integrations.llamafactory`: hiyouga's LLaMA-Factory, SFT stage (a patch).
 - :mod:`gasp_plugin.integrations.qwen_vl_finetune`: QwenLM's ``qwen-vl-finetune`` (a patch).
 - :mod:`gasp_plugin.integrations.trl`: ``GaspSFTTrainer`` for TRL's ``SFTTrainer``.
-- :mod:`gasp_plugin.integrations.swift`: the ms-swift plugin file (``swift sft --external_plugins``).
 
 Importing this package is cheap: torch, transformers and the frameworks load only when used.
 """
 
-__all__ = ["common", "llamafactory", "qwen_vl_finetune", "trl", "swift"]
+__all__ = ["common", "llamafactory", "qwen_vl_finetune", "trl"]
