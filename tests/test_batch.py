@@ -48,19 +48,76 @@ def _tracks(f=3, p=7, h=90, w=120, seed=0):
     return Tracks(xy=xy, visible=visible, depth=depth, query_xy=xy[0].clone(), anchor=0)
 
 
+def _loop_medians(depth: np.ndarray, layout, lattice: np.ndarray | None = None) -> torch.Tensor:
+    """Reference: per token, torch.median of the valid pixels of its cell (on ``lattice`` only)."""
+    h, w = depth.shape
+    ys, xs = torch.meshgrid(torch.arange(float(h)), torch.arange(float(w)), indexing="ij")
+    tok = layout.pixels_to_tokens(torch.stack([xs, ys], -1))
+    d = torch.from_numpy(depth)
+    valid = torch.isfinite(d) & (d > 0) & (torch.ones_like(d, dtype=torch.bool) if lattice is None
+                                           else torch.from_numpy(lattice))
+    out = torch.zeros(layout.num_tokens)
+    for k in range(layout.num_tokens):
+        vals = d[(tok == k) & valid]
+        out[k] = vals.median() if vals.numel() else 0.0
+    return out
+
+
 def test_token_depths_match_loop_median(tiny):
     _, processor, adapter = tiny
-    clip = _clip()
-    layout = adapter.frame_layout(processor, clip.depth[0].shape)
-    got = token_depths(clip.depth[0], layout)
-    ys, xs = torch.meshgrid(torch.arange(90.0), torch.arange(120.0), indexing="ij")
-    tok = layout.pixels_to_tokens(torch.stack([xs, ys], -1))
-    d = torch.from_numpy(clip.depth[0])
-    for k in range(layout.num_tokens):
-        vals = d[(tok == k) & (d > 0)]
-        want = vals.median() if vals.numel() else torch.tensor(0.0)
-        assert got[k].item() == pytest.approx(want.item()), k
-    assert got.shape == (layout.num_tokens,)
+    depth = _clip().depth[0].copy()
+    depth[30:40, 50] = np.nan
+    depth[60, 20:30] = np.inf
+    layout = adapter.frame_layout(processor, depth.shape)
+    got = token_depths(depth, layout, max_samples=None)
+    assert got.shape == (layout.num_tokens,) and got.dtype == torch.float32
+    assert torch.equal(got, _loop_medians(depth, layout))
+    assert torch.equal(token_depths(torch.from_numpy(depth), layout, max_samples=None), got)
+
+
+def test_token_depths_follow_resampled_token_grids():
+    from gasp_plugin.models.registry import FrameLayout, resampled_token_of_patch
+
+    layout = FrameLayout((90, 120), (84, 112), (0, 0), 14, (4, 5),
+                         token_of_patch=(resampled_token_of_patch(6, 4), resampled_token_of_patch(8, 5)))
+    depth = np.random.default_rng(1).uniform(0.5, 4.0, (90, 120)).astype(np.float32)
+    assert torch.equal(token_depths(depth, layout, max_samples=None), _loop_medians(depth, layout))
+
+
+def test_token_depths_read_large_cells_on_a_lattice():
+    from gasp_plugin.models.registry import FrameLayout
+
+    layout = FrameLayout((112, 112), (112, 112), (0, 0), 28, (4, 4))  # cells of 28 x 28 pixels
+    depth = np.random.default_rng(2).uniform(0.5, 4.0, (112, 112)).astype(np.float32)
+    depth[:28, :28] = 0.0
+    depth[1, 1] = 2.5  # the only valid pixel of token 0 lies off the lattice: that cell is read in full
+    got = token_depths(depth, layout, max_samples=10)  # every 3rd pixel of each cell from its first
+    on = np.zeros((112, 112), dtype=bool)
+    on[np.ix_(np.arange(112) % 28 % 3 == 0, np.arange(112) % 28 % 3 == 0)] = True
+    want = _loop_medians(depth, layout, on)
+    assert want[0] == 0 and got[0] == 2.5
+    assert torch.equal(got[1:], want[1:])
+    assert torch.equal(token_depths(depth, layout, max_samples=28), _loop_medians(depth, layout))
+    with pytest.raises(ValueError, match="max_samples must be a positive int or None"):
+        token_depths(depth, layout, max_samples=0)
+
+
+def test_token_depths_lattice_is_millimetres_from_the_exact_median_on_real_depth(hololens_scene):
+    """The default lattice at the 7B recipes' budget (448x448 pixels, 28-pixel cells) against
+    every pixel, on the real scene: median error 1 mm, 95th percentile under 1 cm (measured 1 and
+    8 mm); only cells straddling a depth edge move further (their median jumps between surfaces)."""
+    model, processor = build_tiny_model("qwen2_5_vl", image_size=224)
+    adapter = get_adapter(model)
+    adapter.apply_pixel_budget(processor, None, 448 * 448)
+    errors = []
+    for i in hololens_scene.valid_frames[::4]:
+        depth = hololens_scene.depth(i)
+        layout = adapter.frame_layout(processor, depth.shape)
+        exact, fast = token_depths(depth, layout, max_samples=None), token_depths(depth, layout)
+        assert torch.equal(exact > 0, fast > 0)
+        errors.append((exact - fast)[exact > 0].abs())
+    errors = torch.cat(errors)
+    assert errors.median() <= 0.002 and errors.quantile(0.95) <= 0.01, (errors.median(), errors.quantile(0.95))
 
 
 def test_example_targets_follow_tracks(tiny):
