@@ -205,3 +205,21 @@ def test_several_grids_keep_per_grid(hololens_scene):
     assert both.num_points == k8 + k24 and fine.num_points > 8 * coarse.num_points
     assert torch.equal(both.query_xy[:k8], tracks_for_clip(clip, grid=8, keep=0.5).query_xy)
     assert torch.equal(both.xy[:, k8:], tracks_for_clip(clip, grid=24, keep=0.5).xy)
+
+
+def test_grids_tracked_in_one_pass_match_each_grid_alone(hololens_scene):
+    """grid_tracks tracks all grids' queries together and splits them: the same tracks as
+    compute_tracks grid by grid, also when anchor-depth holes drop different counts per grid."""
+    from gasp_plugin.geometry.tracks import grid_tracks
+
+    clip = load_clip(hololens_scene, [8, 10, 12, 14], anchor_row=1)
+    clip.depth[1, :120, :200] = 0.0  # a hole in the anchor's depth
+    parts = grid_tracks(clip, (8, 24, 5), margin=3.0, depth_tolerance=0.07)
+    for grid, got in zip((8, 24, 5), parts):
+        want = compute_tracks(torch.from_numpy(clip.depth), torch.from_numpy(clip.intrinsics),
+                              torch.from_numpy(clip.poses), 1, grid=grid, margin=3.0, depth_tolerance=0.07)
+        assert got.num_points < grid * grid and got.anchor == want.anchor == 1
+        for name in ("xy", "visible", "depth", "query_xy"):
+            assert torch.equal(getattr(got, name), getattr(want, name)), (grid, name)
+    with pytest.raises(ValueError, match="grid must be an integer"):
+        grid_tracks(clip, (8, 0))

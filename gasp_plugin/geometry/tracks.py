@@ -334,10 +334,21 @@ def _grids(grid) -> tuple[int, ...]:
 def grid_tracks(clip, grid: int | tuple[int, ...] = 8, margin: float = 4.0,
                 depth_tolerance: float = 0.05) -> list[Tracks]:
     """All tracks of each query grid (``grid``: one size or several, e.g. the paper's coarse 8
-    and fine 24) for a :class:`~gasp_plugin.data.scene.Clip` from its anchor row."""
-    args = (torch.from_numpy(clip.depth), torch.from_numpy(clip.intrinsics), torch.from_numpy(clip.poses),
-            clip.anchor)
-    return [compute_tracks(*args, grid=g, margin=margin, depth_tolerance=depth_tolerance) for g in _grids(grid)]
+    and fine 24) for a :class:`~gasp_plugin.data.scene.Clip` from its anchor row.
+
+    The queries of all grids are tracked in one pass (one unprojection, one projection into every
+    frame, one depth lookup) and split per grid afterwards: the same tracks as
+    :func:`compute_tracks` per grid, for the cost of one."""
+    grids = _grids(grid)
+    depth = torch.from_numpy(clip.depth)
+    h, w = (int(v) for v in depth.shape[-2:])
+    queries = [grid_queries(h, w, g) for g in grids]
+    tracks, kept = track_points(torch.cat(queries), depth, torch.from_numpy(clip.intrinsics),
+                                torch.from_numpy(clip.poses), clip.anchor, margin=margin,
+                                depth_tolerance=depth_tolerance)
+    counts = torch.stack([k.sum() for k in torch.split(kept, [len(q) for q in queries])]).tolist()
+    ends = torch.cumsum(torch.tensor([0, *counts]), 0).tolist()
+    return [tracks.select_points(torch.arange(a, b)) for a, b in zip(ends[:-1], ends[1:])]
 
 
 def keep_per_grid(parts: list[Tracks], keep: float) -> Tracks:
