@@ -31,7 +31,8 @@ setup(
     packages=find_packages(include=["gasp_plugin", "gasp_plugin.*"]) + ["gasp_plugin.recipes"],
     package_dir={"gasp_plugin.recipes": "recipes"},
     package_data={
-        "gasp_plugin": ["assets/*/*", "assets/*/*/*"],
+        # eval/tasks/<task>/: lmms-eval task templates and their utils.py (read by path, not imported)
+        "gasp_plugin": ["assets/*/*", "assets/*/*/*", "eval/tasks/*/*"],
         "gasp_plugin.recipes": ["*.yaml", "*.json", "*.sh"],
     },
     include_package_data=True,

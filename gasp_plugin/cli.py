@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("gasp_plugin.train.launch", "train with GASP from a recipe: gasp train --recipe FILE [key=value ...]"),
     "demo": ("gasp_plugin.demo", "the whole method on a tiny model: probe, train with GASP, probe again"),
     "env": ("gasp_plugin.env", "versions, supported ranges and attention kernels here, to paste into a bug report"),
+    "export": ("gasp_plugin.eval.export", "a trained run to a plain checkpoint: gasp export RUN --out DIR (LoRA merged, heads left out)"),
 }
 
 

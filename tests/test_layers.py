@@ -28,6 +28,7 @@ RANKS = {
     "integrations": 7,
     "demo": 7,
     "env": 7,  # `gasp env`: versions and what is usable here
+    "eval": 7,  # `gasp export` and `gasp eval`: after training
     "cli": 8,
 }
 EXEMPT = {"gasp_plugin"}  # the package's lazy table of public names
