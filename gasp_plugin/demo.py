@@ -236,7 +236,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corr-only", action="store_true",
                         help="also train and probe without the depth term (the paper's L_corr-only row)")
     parser.add_argument("--overwrite", action="store_true", help="replace the results of a demo already in --out")
+    parser.add_argument("--model-type", default=None, metavar="FAMILY",
+                        help="train and probe a tiny model of this family instead of the recipe's "
+                             "(model.path=tiny:FAMILY; e.g. llava_next_video, llava_onevision, qwen3_vl)")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="recipe overrides for every run")
+
+
+#: instruction tokens per sample with --model-type: a tiled image (LLaVA-NeXT-Video, OneVision)
+#: costs a few hundred tokens even at the tiny model's 224 px, over the tiny recipe's 256
+MODEL_TYPE_INSTRUCT_LENGTH = 2048
+
+
+def _model_type_overrides(model_type: str | None) -> list[str]:
+    """``--model-type FAMILY`` as recipe overrides: ``model.path=tiny:FAMILY`` and room for its
+    instruction samples (:data:`MODEL_TYPE_INSTRUCT_LENGTH`); none without it."""
+    if model_type is None:
+        return []
+    from gasp_plugin.models.tiny import TINY_MODEL_TYPES
+
+    if model_type not in TINY_MODEL_TYPES:
+        raise ValueError(f"--model-type {model_type!r}: expected one of {', '.join(TINY_MODEL_TYPES)}")
+    return [f"model.path=tiny:{model_type}", f"data.instruct.max_length={MODEL_TYPE_INSTRUCT_LENGTH}"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -246,7 +266,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = DemoConfig(
         out=args.out, recipe=args.recipe, steps=args.steps, heldout_scenes=args.heldout_scenes,
         max_gap=args.max_gap, pairs_per_gap=args.pairs_per_gap, real=not args.no_real,
-        corr_only=args.corr_only, overrides=list(args.overrides), overwrite=args.overwrite,
+        corr_only=args.corr_only, overrides=_model_type_overrides(args.model_type) + list(args.overrides),
+        overwrite=args.overwrite,
     )
     result = run_demo(cfg)
     print("\nGASP demo: held-out point matching inside the LLM, before and after training")

@@ -142,3 +142,30 @@ def test_training_arguments_use_the_undeprecated_checkpointing_name(tmp_path, ch
     expected_kwargs = {"use_reentrant": False} if checkpointing else None
     kwargs = getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs
     assert kwargs == expected_kwargs
+
+
+# a family's tiny model trained and probed by `gasp demo --model-type FAMILY` (the README's table
+# has the full runs); OneVision at 112 px here, a quarter of its 224 px tokens, to stay short
+FAMILY_DEMOS = {"llava_next_video": [], "llava_onevision": ["model.tiny.image_size=112"], "qwen3_vl": []}
+
+
+@pytest.mark.parametrize("model_type", list(FAMILY_DEMOS))
+def test_short_demo_per_family(model_type, tmp_path):
+    import argparse
+
+    from gasp_plugin.demo import _model_type_overrides, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--model-type", model_type])
+    overrides = _model_type_overrides(args.model_type)
+    assert overrides[0] == f"model.path=tiny:{model_type}"
+    cfg = DemoConfig(out=str(tmp_path / "demo"), steps=200, heldout_scenes=2, heldout_frames=12, max_gap=4,
+                     real=False, overrides=overrides + SHORT + FAMILY_DEMOS[model_type])
+    result = run_demo(cfg)
+    before, after = result["summary"]["untrained"]["synthetic"], result["summary"]["trained"]["synthetic"]
+    assert after["qk"]["pck2"] > before["qk"]["pck2"] + 0.15, (before["qk"], after["qk"])
+    assert after["head"]["pck2"] > 2 * after["head"]["chance_pck2"]
+    assert result["training"]["trained"]["counters"].get("skipped_samples", 0) == 0
+    with pytest.raises(ValueError, match="--model-type 'gpt2': expected one of"):
+        _model_type_overrides("gpt2")

@@ -41,6 +41,7 @@ Shape notation: ``f`` frames, ``n`` tokens of a frame's supervised grid, ``S`` t
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -207,10 +208,15 @@ class AnyresAdapter(VLMAdapter):
 
     # -- video ---------------------------------------------------------------------------------
     def _video_settings(self, processor: Any) -> Any:
-        """The processor whose resize / crop / normalisation video frames get: the video
-        processor when there is one, else the checkpoint's image processor (same settings in
-        the released checkpoints)."""
-        return getattr(processor, "video_processor", None) or processor.image_processor
+        """The resize / crop / normalisation video frames get: the video processor's when there
+        is one, else its saved settings (:attr:`ProcessorParts.video_processor_config`) with the
+        image processor's for what they leave out."""
+        vp = getattr(processor, "video_processor", None)
+        if vp is not None:
+            return vp
+        ip, saved = processor.image_processor, getattr(processor, "video_processor_config", None) or {}
+        keys = ("size", "crop_size", "do_center_crop", "resample", "image_mean", "image_std", "rescale_factor")
+        return SimpleNamespace(**{k: saved[k] if saved.get(k) is not None else getattr(ip, k, None) for k in keys})
 
     def _video_resize(self, vp: Any) -> tuple[Any, Any, bool]:
         """``(size, crop_size, do_center_crop)`` of video frames; families override."""

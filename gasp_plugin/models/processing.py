@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 _CHAT_TEMPLATE_FILE = "chat_template.jinja"
 _PROCESSOR_FILE = "processor_config.json"
+_VIDEO_PROCESSOR_FILE = "video_preprocessor_config.json"
 
 
 @dataclass
@@ -44,6 +45,9 @@ class ProcessorParts:
         model_config: the config of the model these parts serve (read from the checkpoint's
             ``config.json`` by :meth:`from_pretrained`), or ``None``; adapters that expand media
             placeholders for the instruction data read their sizes from it.
+        video_processor_config: the checkpoint's video processor settings (its
+            ``video_preprocessor_config.json``), or ``None``: kept so that a saved copy loads as
+            the original did, and read by adapters that build video inputs without torchvision.
     """
 
     image_processor: Any
@@ -51,6 +55,7 @@ class ProcessorParts:
     chat_template: str | None = None
     processor_class: str = ""
     model_config: Any = None
+    video_processor_config: dict | None = None
 
     def apply_chat_template(self, messages: list[dict], **kwargs) -> Any:
         """Render ``messages`` with the family's chat template (same call as a processor's)."""
@@ -70,6 +75,8 @@ class ProcessorParts:
         if self.chat_template is not None:
             (out / _CHAT_TEMPLATE_FILE).write_text(self.chat_template)
         (out / _PROCESSOR_FILE).write_text(json.dumps({"processor_class": self.processor_class}, indent=2))
+        if self.video_processor_config is not None:
+            (out / _VIDEO_PROCESSOR_FILE).write_text(json.dumps(self.video_processor_config, indent=2))
         return out
 
     @classmethod
@@ -83,12 +90,14 @@ class ProcessorParts:
         template = template_file.read_text() if template_file.is_file() else None
         proc_file = path / _PROCESSOR_FILE
         proc_class = json.loads(proc_file.read_text()).get("processor_class", "") if proc_file.is_file() else ""
+        video_file = path / _VIDEO_PROCESSOR_FILE
         return cls(
             image_processor=AutoImageProcessor.from_pretrained(path),
             tokenizer=AutoTokenizer.from_pretrained(path),
             chat_template=template,
             processor_class=proc_class,
             model_config=AutoConfig.from_pretrained(path) if (path / "config.json").is_file() else None,
+            video_processor_config=json.loads(video_file.read_text()) if video_file.is_file() else None,
         )
 
 
@@ -121,7 +130,9 @@ def load_processor(path: str | Path) -> Any:
     """The processor saved in ``path``: ``AutoProcessor`` when it loads, else :class:`ProcessorParts`.
 
     The fallback is taken only on ``ImportError`` (a missing optional backend such as torchvision)
-    and said once per process, at INFO level, with the reason (:func:`_explain_fallback`).
+    and said once per process, at INFO level, with the reason (:func:`_explain_fallback`); also on
+    the ``RecursionError`` transformers 5.24 raises for a processor with a video part whose folder
+    has no video processor config (its video processor lookup falls back to the processor itself).
     """
     from transformers import AutoProcessor
 
@@ -129,6 +140,9 @@ def load_processor(path: str | Path) -> Any:
         return AutoProcessor.from_pretrained(path)
     except ImportError as err:
         _explain_fallback(_reason(err))
+        return ProcessorParts.from_pretrained(path)
+    except RecursionError:
+        _explain_fallback("its folder has no video processor config, which transformers cannot load it without")
         return ProcessorParts.from_pretrained(path)
 
 

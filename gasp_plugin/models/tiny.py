@@ -298,6 +298,13 @@ _ONEVISION_TEMPLATE = _QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vis
 )
 
 
+def _saved(video_processor) -> dict:
+    """A video processor's settings as its ``video_preprocessor_config.json`` holds them."""
+    import json
+
+    return json.loads(video_processor.to_json_string())
+
+
 def _kv_heads(sizes: _Sizes) -> int:
     """Grouped-query attention in the tiny models of families that have it: half the heads."""
     return sizes.num_heads // 2 if sizes.num_heads % 2 == 0 else sizes.num_heads
@@ -358,7 +365,8 @@ def _llava_next_video_processor(config, tokenizer, sizes: _Sizes):
     image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
                                                  image_grid_pinpoints=config.image_grid_pinpoints)
     if not _torchvision():
-        return ProcessorParts(image_processor, tokenizer, _LLAVA_VIDEO_TEMPLATE, "LlavaNextVideoProcessor", config)
+        return ProcessorParts(image_processor, tokenizer, _LLAVA_VIDEO_TEMPLATE, "LlavaNextVideoProcessor", config,
+                              _saved(_llava_next_video_video_processor(config, sizes)))
     from transformers import LlavaNextVideoProcessor
 
     return LlavaNextVideoProcessor(
@@ -410,7 +418,8 @@ def _onevision_processor(config, tokenizer, sizes: _Sizes):
     image_processor = LlavaOnevisionImageProcessorPil(size={"height": side, "width": side},
                                                       image_grid_pinpoints=config.image_grid_pinpoints)
     if not _torchvision():
-        return ProcessorParts(image_processor, tokenizer, _ONEVISION_TEMPLATE, "LlavaOnevisionProcessor", config)
+        return ProcessorParts(image_processor, tokenizer, _ONEVISION_TEMPLATE, "LlavaOnevisionProcessor", config,
+                              _saved(_onevision_video_processor(config, sizes)))
     from transformers import LlavaOnevisionProcessor
 
     n = side // config.vision_config.patch_size
@@ -468,7 +477,8 @@ def _qwen3_vl_processor(config, tokenizer, sizes: _Sizes):
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
     )
     if not _torchvision():
-        return ProcessorParts(image_processor, tokenizer, _QWEN_TEMPLATE, "Qwen3VLProcessor", config)
+        return ProcessorParts(image_processor, tokenizer, _QWEN_TEMPLATE, "Qwen3VLProcessor", config,
+                              _saved(_qwen3_vl_video_processor(config, sizes)))
     from transformers import Qwen3VLProcessor
 
     return Qwen3VLProcessor(image_processor, tokenizer, _qwen3_vl_video_processor(config, sizes),
@@ -480,20 +490,15 @@ class _Family:
     tokenizer: Callable[[], Any]
     config: Callable[[_Sizes, Any, dict], Any]
     processor: Callable[[Any, Any, _Sizes], Any]
-    #: the family's video processor, saved beside a checkpoint that has one (as released
-    #: checkpoints do), so that loading without torchvision fails cleanly into ProcessorParts
-    video_processor: Callable[[Any, _Sizes], Any] | None = None
 
 
 _FAMILIES: dict[str, _Family] = {
     "qwen2_vl": _Family(_qwen_tokenizer, _qwen2_vl_config, _qwen_processor),
     "qwen2_5_vl": _Family(_qwen_tokenizer, _qwen2_5_vl_config, _qwen_processor),
     "llava": _Family(_llava_tokenizer, _llava_config, _llava_processor),
-    "llava_next_video": _Family(_llava_video_tokenizer, _llava_next_video_config, _llava_next_video_processor,
-                                _llava_next_video_video_processor),
-    "llava_onevision": _Family(_onevision_tokenizer, _onevision_config, _onevision_processor,
-                               _onevision_video_processor),
-    "qwen3_vl": _Family(_qwen_tokenizer, _qwen3_vl_config, _qwen3_vl_processor, _qwen3_vl_video_processor),
+    "llava_next_video": _Family(_llava_video_tokenizer, _llava_next_video_config, _llava_next_video_processor),
+    "llava_onevision": _Family(_onevision_tokenizer, _onevision_config, _onevision_processor),
+    "qwen3_vl": _Family(_qwen_tokenizer, _qwen3_vl_config, _qwen3_vl_processor),
 }
 TINY_MODEL_TYPES = tuple(_FAMILIES)
 
@@ -562,8 +567,4 @@ def save_tiny_model(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    family = _family(model_type)
-    if family.video_processor is not None and getattr(processor, "video_processor", None) is None:
-        family.video_processor(model.config, _Sizes(hidden_size, num_layers, num_heads, image_size, vision_depth)
-                               ).save_pretrained(out)
     return out
