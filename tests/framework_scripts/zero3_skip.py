@@ -33,6 +33,10 @@ def main(ds_json: str, out: str, *overrides: str) -> None:
     trainer.save_model(out)
     Path(out, f"rank{rank}.json").write_text(json.dumps({"counters": dict(trainer.gasp_counters),
                                                          "step": trainer.state.global_step}))
+    import torch.distributed as dist
+
+    dist.barrier()  # both ranks done before either tears down its communication threads
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
