@@ -37,6 +37,7 @@ __all__ = [
     "geometry_source",
     "interleave",
     "TrainEvalCollator",
+    "framework_budgets",
     "trainer_class",
     "make_trainer",
 ]
@@ -269,6 +270,23 @@ def interleave(train_dataset, data_collator, handle, processor, training_args, a
     geometry_collator = KeepForwardKeys(GeometryCollator(processor), forward_keys(handle.model))
     collator = InterleavedCollator({GEOMETRY: geometry_collator, INSTRUCT: data_collator})
     return InterleavedDataset(plan, sources), TrainEvalCollator(collator, data_collator)
+
+
+def framework_budgets(processor, handle, gasp_args: GaspArguments, *, min_pixels: int | None = None,
+                      max_pixels: int | None = None, max_length: int | None = None):
+    """The processor geometry clips use under a framework's own budgets: a copy of ``processor``
+    (the framework's instruction data keeps its own) at the framework's pixel budget, applied by
+    the model family's adapter; and ``gasp_args.gasp_max_tokens`` set to the framework's sequence
+    length when the user left it unset (set in place: framework argument classes may mix
+    :class:`GaspArguments` in, and cannot be rebuilt)."""
+    import copy
+
+    geometry_processor = copy.deepcopy(processor)
+    if min_pixels is not None or max_pixels is not None:
+        handle.adapter.apply_pixel_budget(geometry_processor, min_pixels, max_pixels)
+    if gasp_args.gasp_max_tokens is None and max_length:
+        gasp_args.gasp_max_tokens = int(max_length)
+    return geometry_processor
 
 
 def trainer_class(base: type) -> type:

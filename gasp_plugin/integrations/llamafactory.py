@@ -34,10 +34,9 @@ What the glue decides, and why:
 
 from __future__ import annotations
 
-import copy
 import logging
 
-from gasp_plugin.integrations.common import GaspArguments, attach, interleave, trainer_class
+from gasp_plugin.integrations.common import GaspArguments, attach, framework_budgets, interleave, trainer_class
 
 __all__ = ["GaspArguments", "check_arguments", "attach_model", "interleave_data", "trainer_class", "trainer_kwargs"]
 
@@ -87,12 +86,9 @@ def interleave_data(dataset_module: dict, data_collator, handle, processor, mode
     if processor is None:
         raise ValueError("GASP needs the model's multimodal processor, but LLaMA-Factory loaded none: "
                          "is model_name_or_path a vision-language model?")
-    geometry_processor = copy.deepcopy(processor)
-    low, high = getattr(model_args, "image_min_pixels", None), getattr(model_args, "image_max_pixels", None)
-    if low is not None or high is not None:
-        handle.adapter.apply_pixel_budget(geometry_processor, low, high)
-    if finetuning_args.gasp_max_tokens is None and getattr(data_args, "cutoff_len", None):
-        finetuning_args.gasp_max_tokens = int(data_args.cutoff_len)
+    geometry_processor = framework_budgets(
+        processor, handle, finetuning_args, min_pixels=getattr(model_args, "image_min_pixels", None),
+        max_pixels=getattr(model_args, "image_max_pixels", None), max_length=getattr(data_args, "cutoff_len", None))
     dataset, collator = interleave(dataset_module["train_dataset"], data_collator, handle, geometry_processor,
                                    training_args, finetuning_args)
     return {**dataset_module, "train_dataset": dataset}, collator

@@ -27,9 +27,8 @@ Checked by hand against transformers 5.4 - 5.16: the repository's ``trainer.py``
 
 from __future__ import annotations
 
-import copy
-
-from gasp_plugin.integrations.common import GaspArguments, attach, interleave, make_trainer, trainer_class, unfreeze_heads
+from gasp_plugin.integrations.common import (GaspArguments, attach, framework_budgets, interleave, make_trainer,
+                                             trainer_class, unfreeze_heads)
 
 __all__ = ["GaspArguments", "check_arguments", "attach", "unfreeze_heads", "wrap_data_module", "trainer_class",
            "trainer_kwargs", "make_trainer"]
@@ -53,12 +52,9 @@ def wrap_data_module(data_module: dict, processor, handle, data_args, training_a
     geometry clips at the script's pixel budget and ``model_max_length`` (module docstring)."""
     if handle is None:
         return data_module
-    geometry_processor = copy.deepcopy(processor)
-    low, high = getattr(data_args, "min_pixels", None), getattr(data_args, "max_pixels", None)
-    if low is not None or high is not None:
-        handle.adapter.apply_pixel_budget(geometry_processor, low, high)
-    if gasp_args.gasp_max_tokens is None and getattr(training_args, "model_max_length", None):
-        gasp_args.gasp_max_tokens = int(training_args.model_max_length)
+    geometry_processor = framework_budgets(
+        processor, handle, gasp_args, min_pixels=getattr(data_args, "min_pixels", None),
+        max_pixels=getattr(data_args, "max_pixels", None), max_length=getattr(training_args, "model_max_length", None))
     dataset, collator = interleave(data_module["train_dataset"], data_module["data_collator"], handle,
                                    geometry_processor, training_args, gasp_args)
     return {**data_module, "train_dataset": dataset, "data_collator": collator}
