@@ -262,3 +262,18 @@ def test_probe_runs(family, scene):
     assert report.token_grids == [adapter.frame_layout(processor, scene.image(0).shape[:2]).grid_hw]
     st = report.stats["qk"][0]
     assert st.num_queries > 0
+
+
+def test_family_recipes():
+    """The shipped recipes of the three families: their checkpoints, the paper's LoRA rank for
+    LLaVA-NeXT-Video, both query grids and a token budget that holds max_frames frames."""
+    from gasp_plugin.recipe import load_recipe
+
+    per_frame = {"llava_video_gasp": 144, "llava_onevision_gasp": 730, "qwen3vl_gasp": 198}  # 336 / 384 / 448 px
+    for name, (path, rank) in {"llava_video_gasp": ("LLaVA-NeXT-Video-7B-hf", 512),
+                               "llava_onevision_gasp": ("llava-onevision-qwen2-7b-ov-hf", 128),
+                               "qwen3vl_gasp": ("Qwen3-VL-8B-Instruct", 128)}.items():
+        r = load_recipe(name)
+        g = r.data.geometry
+        assert path in r.model.path and r.lora.r == rank and g.sampling.grid == (8, 24)
+        assert g.max_frames * per_frame[name] < g.max_tokens
