@@ -141,3 +141,19 @@ def test_run_command_reports(capsys, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     assert run_command("gasp train", _raise_from("gasp_plugin.train", ValueError("bad"))) == 2
     assert capsys.readouterr().err == "gasp train: error: [rank 1] bad\n"
+
+
+@pytest.fixture(scope="module")
+def bert_checkpoint(tmp_path_factory):
+    """A checkpoint folder of a family GASP has no adapter for (only its config: nothing loads)."""
+    folder = tmp_path_factory.mktemp("bert")
+    (folder / "config.json").write_text('{"model_type": "bert", "architectures": ["BertModel"]}')
+    return folder
+
+
+def test_an_unsupported_checkpoint_is_one_line_before_loading(bert_checkpoint):
+    train = _one_line_error(_gasp("train", "--recipe", "recipes/qwen2vl_gasp.yaml", f"model.path={bert_checkpoint}"),
+                            "gasp train")
+    probe = _one_line_error(_gasp("probe", "--model", bert_checkpoint, "--scenes", HOLOLENS), "gasp probe")
+    for line in (train, probe):
+        assert "model_type 'bert' is not supported by GASP" in line and "config.json" in line

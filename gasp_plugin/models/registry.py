@@ -35,6 +35,7 @@ __all__ = [
     "register_adapter",
     "get_adapter",
     "supported_model_types",
+    "check_checkpoint",
     "find_module",
     "resampled_token_of_patch",
 ]
@@ -370,6 +371,20 @@ def _ensure_builtin() -> None:
 def supported_model_types() -> list[str]:
     _ensure_builtin()
     return sorted(_ADAPTERS)
+
+
+def check_checkpoint(path) -> str:
+    """The ``model_type`` of the checkpoint folder ``path`` (its ``config.json``), read before any
+    weights load; ``ValueError`` naming the file when GASP has no adapter for it."""
+    import json
+    from pathlib import Path
+
+    config = Path(path) / "config.json"
+    model_type = json.loads(config.read_text()).get("model_type")
+    if model_type not in supported_model_types():
+        raise ValueError(f"{config}: model_type {model_type!r} is not supported by GASP; supported: "
+                         f"{supported_model_types()}")
+    return model_type
 
 
 def _find_config(model_or_config: Any) -> Any:

@@ -47,7 +47,9 @@ def _load_checkpoint(path: Path):
     from transformers import AutoModelForImageTextToText
 
     from gasp_plugin.models.processing import load_processor
+    from gasp_plugin.models.registry import check_checkpoint
 
+    check_checkpoint(path)  # an unsupported family fails here, before its weights load
     model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
     return model, load_processor(path)
 

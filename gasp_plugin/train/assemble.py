@@ -78,6 +78,9 @@ def resolve_model_path(recipe, output_dir: Path, is_main: bool = True) -> Path:
                 "Qwen/Qwen2.5-VL-7B-Instruct --local-dir DIR`) and set model.path=DIR, or try the "
                 "pipeline on a tiny model: gasp train --recipe tiny_cpu"
             )
+        from gasp_plugin.models.registry import check_checkpoint
+
+        check_checkpoint(path)  # an unsupported family fails here, before its weights load
         return path
     from gasp_plugin.models.tiny import save_tiny_model
 
