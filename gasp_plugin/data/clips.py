@@ -25,8 +25,9 @@ __all__ = ["load_clip", "ClipSampling", "ClipSampler", "ClipSamplingError", "che
            "frames_within_budget", "cut_clip"]
 
 
-class ClipSamplingError(RuntimeError):
-    """No acceptable clip could be drawn within the allowed number of tries."""
+class ClipSamplingError(ValueError):
+    """No acceptable clip could be drawn within the allowed number of tries (a property of the
+    scenes and the sampling settings: a user error, reported in one line by the commands)."""
 
 
 def _invalid(name: str, allowed: str, value: Any, field: str | None = None) -> ValueError:
