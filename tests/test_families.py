@@ -130,14 +130,15 @@ def test_examples_batch_with_padding_and_loss(family, scene, as_video):
         model(**_forward_keys(batch))
         out = handle.compute_loss(tg)
         assert torch.isfinite(out.total) and out.num_pairs == tg.num_visible and torch.isfinite(out.qk)
-        singles = []
+        parts, weights = [], []  # per example: (corr, depth) and their pair counts
         for ex in examples:
             model(**_forward_keys(ex))
-            singles.append(handle.compute_loss(ex[TARGETS_KEY]))
-        for term in ("corr", "depth"):
-            counts = [s.num_pairs if term == "corr" else s.num_depth_pairs for s in singles]
-            want = sum(getattr(s, term) * c for s, c in zip(singles, counts)) / sum(counts)
-            torch.testing.assert_close(getattr(out, term), want, rtol=1e-4, atol=1e-5)
+            alone = handle.compute_loss(ex[TARGETS_KEY])
+            parts.append(torch.stack([alone.corr, alone.depth]))
+            weights.append(torch.tensor([float(alone.num_pairs), float(alone.num_depth_pairs)]))
+        parts, weights = torch.stack(parts), torch.stack(weights)  # [2 examples, 2 terms]
+        want = (parts * weights).sum(0) / weights.sum(0)
+        torch.testing.assert_close(torch.stack([out.corr, out.depth]), want, rtol=1e-4, atol=1e-5)
     finally:
         handle.detach()
 

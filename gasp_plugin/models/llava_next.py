@@ -274,17 +274,8 @@ class AnyresAdapter(VLMAdapter):
         return list(range(num_frames))
 
     # -- token layout ----------------------------------------------------------------------------
-    def _is_video(self, inputs: dict) -> bool:
-        has_img, has_vid = inputs.get("pixel_values") is not None, inputs.get("pixel_values_videos") is not None
-        if has_img and has_vid:
-            raise ValueError("inputs hold both images and a video; GASP frames must be one or the other")
-        if not (has_img or has_vid):
-            raise ValueError("inputs hold no pixel_values or pixel_values_videos: no visual tokens to supervise")
-        return has_vid
-
     def visual_token_mask(self, inputs: dict) -> torch.Tensor:
-        tok = self.config.video_token_id if self._is_video(inputs) else self.config.image_token_id
-        return inputs["input_ids"] == tok
+        return self._media_token_mask(inputs)
 
     def _frames_per_row(self, inputs: dict) -> list[list[int]]:
         """Sequence tokens of each frame of each row (images: base, tiles and newlines; video:

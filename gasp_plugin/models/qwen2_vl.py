@@ -154,18 +154,10 @@ class QwenVLAdapter(VLMAdapter):
         return rows
 
     # -- token layout ------------------------------------------------------------------------
-    def _is_video(self, inputs: dict) -> bool:
-        has_img = inputs.get("image_grid_thw") is not None
-        has_vid = inputs.get("video_grid_thw") is not None
-        if has_img and has_vid:
-            raise ValueError("inputs hold both images and a video; GASP frames must be one or the other")
-        if not (has_img or has_vid):
-            raise ValueError("inputs hold no image_grid_thw or video_grid_thw: no visual tokens to supervise")
-        return has_vid
+    image_input_key, video_input_key = "image_grid_thw", "video_grid_thw"
 
     def visual_token_mask(self, inputs: dict) -> torch.Tensor:
-        tok = self.config.video_token_id if self._is_video(inputs) else self.config.image_token_id
-        return inputs["input_ids"] == tok
+        return self._media_token_mask(inputs)
 
     def _per_frame_grids(self, inputs: dict) -> list[tuple[int, int, int]]:
         """``(count, gh, gw)`` for every frame / temporal group of the batch, in order."""

@@ -285,6 +285,26 @@ class VLMAdapter(ABC):
     def visual_token_mask(self, inputs: dict) -> torch.Tensor:
         """``[b, L]`` bool, True at visual tokens."""
 
+    #: the input keys that mark inputs holding images / a video (families with video input)
+    image_input_key: str = "pixel_values"
+    video_input_key: str = "pixel_values_videos"
+
+    def _is_video(self, inputs: dict) -> bool:
+        """Whether ``inputs`` hold a video (``ValueError`` for both kinds or neither)."""
+        has_img = inputs.get(self.image_input_key) is not None
+        has_vid = inputs.get(self.video_input_key) is not None
+        if has_img and has_vid:
+            raise ValueError("inputs hold both images and a video; GASP frames must be one or the other")
+        if not (has_img or has_vid):
+            raise ValueError(f"inputs hold no {self.image_input_key} or {self.video_input_key}: no visual tokens "
+                             "to supervise")
+        return has_vid
+
+    def _media_token_mask(self, inputs: dict) -> torch.Tensor:
+        """``[b, L]`` True at the video tokens of a video's inputs, else at the image tokens."""
+        tok = self.config.video_token_id if self._is_video(inputs) else self.config.image_token_id
+        return inputs["input_ids"] == tok
+
     @abstractmethod
     def frame_grids(self, inputs: dict) -> list[list[tuple[int, int]]]:
         """For each batch row, the ``(gh, gw)`` token grid of each of its frames."""
