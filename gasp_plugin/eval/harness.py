@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from gasp_plugin.eval.tasks import TASKS_DIR
 
-__all__ = ["ModelClass", "MODEL_CLASSES", "Budgets", "TaskInfo", "TASKS", "TaskRun", "RunResult", "model_class_for",
+__all__ = ["ModelClass", "MODEL_CLASSES", "Budgets", "TaskInfo", "TASKS", "TaskRun", "RunResult", "model_class_for", "error_line",
            "model_args", "lmms_info", "plan_task", "write_task_file", "lmms_command", "run_lmms", "read_scores"]
 
 
@@ -177,19 +178,17 @@ def write_task_file(task: str, data_dir: Path, out_dir: Path, template_yaml: Pat
     return name
 
 
-def plan_task(task: str, data_dir: Path | None, out_dir: Path, python: str, info_cache: dict) -> TaskRun:
-    """The :class:`TaskRun` of ``task``: as lmms-eval ships it, or on a local copy ``data_dir``."""
+def plan_task(task: str, data_dir: Path | None, out_dir: Path, templates: dict[str, str]) -> TaskRun:
+    """The :class:`TaskRun` of ``task``: as lmms-eval ships it, or on a local copy ``data_dir``.
+    ``templates``: lmms-eval's task file of each task (:func:`lmms_info`), for local copies."""
     info = TASKS.get(task)
-    if info is not None and info.shipped and data_dir is None:
+    shipped = info is not None and info.shipped
+    if shipped and data_dir is None:
         raise ValueError(f"{task} reads a local folder: add --data {task}=DIR with {info.data}")
     if data_dir is None:
         return TaskRun(task, task)
     folder = out_dir / "lmms_tasks" / task
-    template = None
-    if not (info is not None and info.shipped):
-        if "yaml" not in info_cache:
-            info_cache.update(lmms_info(python, [task]))
-        template = info_cache.get("yaml", {}).get(task)
+    template = None if shipped else templates.get(task)
     name = write_task_file(task, data_dir, folder, Path(template) if template else None)
     env = {}
     if info is not None and info.video_cache:
@@ -232,10 +231,35 @@ def lmms_command(python: str, model: str, args: str, run: TaskRun, output: Path,
 
 @dataclass
 class RunResult:
+    """One lmms-eval run: ``ok`` when it wrote a results file (lmms-eval 0.7.3 exits 0 after an error
+    during evaluation, so the exit status alone does not tell)."""
+
+    ok: bool
     returncode: int
     seconds: float
     results_file: Path | None
     error: str = ""
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.ok else f"failed: exit {self.returncode}" if self.returncode else "failed: no results"
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def error_line(log_text: str) -> str:
+    """The error of a failed lmms-eval run, from its log: lmms-eval's ``Error during evaluation``
+    line, else the last exception line of a traceback, else the last line."""
+    lines = [_ANSI.sub("", ln).strip() for ln in log_text.splitlines()]
+    lines = [ln for ln in lines if ln]
+    for ln in reversed(lines):
+        if "Error during evaluation:" in ln:
+            return ln.split("Error during evaluation:", 1)[1].split(" Please set `--verbosity")[0].strip()[-400:]
+    for ln in reversed(lines):
+        if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", ln):
+            return ln[-400:]
+    return (lines or ["no output"])[-1][-400:]
 
 
 def run_lmms(cmd: list[str], output: Path, log: Path, env: dict, stream=None) -> RunResult:
@@ -255,13 +279,8 @@ def run_lmms(cmd: list[str], output: Path, log: Path, env: dict, stream=None) ->
     seconds = time.monotonic() - start
     found = sorted(output.rglob("*_results.json"), key=lambda p: p.stat().st_mtime)
     if proc.returncode == 0 and found:
-        return RunResult(0, seconds, found[-1])
-    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "Error" in ln or "error" in ln]
-    error = (errors or lines or ["no output"])[-1][-300:]
-    if proc.returncode == 0:
-        error = f"lmms-eval exited 0 without a results file under {output}"
-    return RunResult(proc.returncode or 1, seconds, None, error)
+        return RunResult(True, 0, seconds, found[-1])
+    return RunResult(False, proc.returncode, seconds, None, error_line(log.read_text(errors="replace")))
 
 
 def read_scores(results_file: Path, run: TaskRun) -> dict[str, float]:
