@@ -7,7 +7,8 @@ token budget), tokens per clip (the exact sequence length), anchor points kept (
 supervised (point, target frame) pairs per clip. The processor is the recipe's model family's,
 built from a config (no download) at the recipe's pixel budget: for Qwen-VL its patch 14 and
 merge 2 are the released models' own, so token counts are the 7B model's; a LLaVA recipe is
-measured at 336 px (the released CLIP tower's). Tables side by side; ``--json FILE`` writes them.
+measured at its released tower's input size (336 px CLIP for LLaVA-NeXT-Video, 384 px SigLIP for
+LLaVA-OneVision). Tables side by side; ``--json FILE`` writes them.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from pathlib import Path
 
 __all__ = ["add_arguments", "run", "measure"]
 
-DEFAULT_RECIPES = ("qwen2vl_gasp", "llava_video_gasp", "tiny_cpu")
-# family a recipe trains -> (tiny model type, tiny image size) whose processor has the real geometry
-_FAMILY = {"qwen": ("qwen2_5_vl", 224), "llava": ("llava", 336)}
+DEFAULT_RECIPES = ("qwen2vl_gasp", "qwen3vl_gasp", "llava_video_gasp", "llava_onevision_gasp", "tiny_cpu")
+# shipped recipe -> (model type, image size) of a tiny model whose processor has the released
+# checkpoint's geometry (patch, merge or pooling, crop); the recipe's pixel budget is applied on top
+_FAMILY = {"qwen2vl_gasp": ("qwen2_5_vl", 224), "qwen3vl_gasp": ("qwen3_vl", 224),
+           "llava_video_gasp": ("llava_next_video", 336), "llava_onevision_gasp": ("llava_onevision", 384)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,8 +40,10 @@ def _model_for(recipe):
 
     if recipe.model.tiny_type:
         return build_tiny_model(recipe.model.tiny_type, **recipe.model.tiny.sizes())
-    family = "llava" if "llava" in Path(recipe.source).stem or "llava" in recipe.model.path.lower() else "qwen"
-    model_type, size = _FAMILY[family]
+    stem = Path(recipe.source).stem
+    if stem not in _FAMILY:
+        raise ValueError(f"gasp bench clips: no processor geometry known for recipe {stem!r}; known: {sorted(_FAMILY)}")
+    model_type, size = _FAMILY[stem]
     return build_tiny_model(model_type, image_size=size)
 
 
@@ -85,13 +90,13 @@ def run(args) -> int:
         results.setdefault(Path(recipe.source).stem, {})[",".join(map(str, grid))] = measure(recipe, grid, scene, args.clips)
     h, w = scene.image(scene.valid_frames[0]).shape[:2]
     print(f"geometry clips on {scene.name} ({w}x{h}), {args.clips} clips per row (means; tokens max beside)")
-    head = f"{'recipe':18s} {'grid':>6s} {'frames':>7s} {'kept':>5s} {'tokens':>7s} {'max':>6s} {'budget':>7s} " \
+    head = f"{'recipe':20s} {'grid':>6s} {'frames':>7s} {'kept':>5s} {'tokens':>7s} {'max':>6s} {'budget':>7s} " \
            f"{'anchors':>8s} {'pairs':>7s} {'cut':>4s}"
     print(head + "\n" + "-" * len(head))
     for name, per_grid in results.items():
         base = None
         for key, r in per_grid.items():
-            print(f"{name:18s} {key:>6s} {r['frames_drawn']:7.1f} {r['frames']:5.1f} {r['tokens']:7.0f} "
+            print(f"{name:20s} {key:>6s} {r['frames_drawn']:7.1f} {r['frames']:5.1f} {r['tokens']:7.0f} "
                   f"{r['tokens_max']:6d} {r['max_tokens']:7d} {r['anchors']:8.1f} {r['pairs']:7.0f} {r['cut']:4d}"
                   + (f"   pairs x{r['pairs'] / base:.2f}" if base else ""))
             base = base or r["pairs"]
