@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "env": ("gasp_plugin.env", "versions, supported ranges and attention kernels here, to paste into a bug report"),
     "export": ("gasp_plugin.eval.export", "a trained run to a plain checkpoint: gasp export RUN --out DIR (LoRA merged, heads left out)"),
     "eval": ("gasp_plugin.eval.cli", "lmms-eval on checkpoints over the spatial benchmarks, one report: gasp eval base=DIR gasp=DIR"),
+    "integrations": ("gasp_plugin.integrations", "framework glue: gasp integrations swift prints the ms-swift plugin file"),
 }
 
 
