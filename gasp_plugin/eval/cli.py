@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     for label, path in args.checkpoints:
         model_type, cls = harness.model_class_for(path)
         checkpoints.append({"label": label, "path": str(path.resolve()), "model_type": model_type,
-                            "lmms_model": cls.name, "model_args": harness.model_args(path, cls, budgets, device)})
+                            "lmms_model": cls.name, "force_simple": cls.force_simple,
+                            "model_args": harness.model_args(path, cls, budgets, device if args.num_processes == 1 else None)})
     local_builtin = [t for t in data if not (t in harness.TASKS and harness.TASKS[t].shipped)]
     info = harness.lmms_info(args.python, local_builtin)
     runs = [harness.plan_task(t, data.get(t), out, info.get("yaml", {})) for t in tasks]
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
             log = folder / "lmms_eval.log"
             cmd = harness.lmms_command(args.python, ckpt["lmms_model"], ckpt["model_args"], task_run, folder / "lmms",
                                        device=device, batch_size=args.batch_size, limit=args.limit,
-                                       num_processes=args.num_processes, extra=extra)
+                                       num_processes=args.num_processes, force_simple=ckpt["force_simple"], extra=extra)
             print(f"[{k}/{total}] {ckpt['label']} / {task_run.task}: running (log {log})", flush=True)
             result = harness.run_lmms(cmd, folder / "lmms", log, task_run.env, sys.stdout if args.stream else None)
             entry = {"seconds": round(result.seconds, 1), "log": str(log), "command": cmd}

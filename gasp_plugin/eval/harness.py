@@ -35,19 +35,21 @@ class ModelClass:
     name: str
     pixels: bool
     frames_arg: str
-    device_map: bool = True  # takes device_map= (else only the --device of the command line)
+    force_simple: bool = False  # lmms-eval's --force_simple: its "simple" class, not the chat one
 
 
 #: ``config.model_type`` -> lmms-eval model class (lmms-eval 0.7.3). llava_next_video has none that
 #: loads transformers checkpoints (lmms-eval's llava_vid needs the original LLaVA-NeXT code).
+#: llava_hf runs its simple class: 0.7.3's chat class hands the processor an empty image list on
+#: video questions (IndexError in transformers' image processing), the simple one reads the video.
 MODEL_CLASSES: dict[str, ModelClass] = {
     "qwen2_vl": ModelClass("qwen2_vl", True, "max_num_frames"),
     "qwen2_5_vl": ModelClass("qwen2_5_vl", True, "max_num_frames"),
     "qwen3_vl": ModelClass("qwen3_vl", True, "max_num_frames"),
     "qwen3_vl_moe": ModelClass("qwen3_vl", True, "max_num_frames"),
-    "llava": ModelClass("llava_hf", False, "max_frames_num", device_map=False),
-    "llava_next": ModelClass("llava_hf", False, "max_frames_num", device_map=False),
-    "llava_onevision": ModelClass("llava_hf", False, "max_frames_num", device_map=False),
+    "llava": ModelClass("llava_hf", False, "max_frames_num", force_simple=True),
+    "llava_next": ModelClass("llava_hf", False, "max_frames_num", force_simple=True),
+    "llava_onevision": ModelClass("llava_hf", False, "max_frames_num", force_simple=True),
 }
 
 
@@ -104,8 +106,10 @@ def model_class_for(checkpoint: Path) -> tuple[str, ModelClass]:
     return model_type, MODEL_CLASSES[model_type]
 
 
-def model_args(checkpoint: Path, cls: ModelClass, budgets: Budgets, device: str) -> str:
-    """lmms-eval's ``--model_args`` string for a checkpoint."""
+def model_args(checkpoint: Path, cls: ModelClass, budgets: Budgets, device: str | None) -> str:
+    """lmms-eval's ``--model_args`` string for a checkpoint. ``device``: its ``device_map``; None
+    under a data-parallel launch, where each process takes its own GPU (lmms-eval's classes do that
+    when no device_map is given)."""
     path = str(Path(checkpoint).resolve())
     if "," in path or "=" in path:
         raise ValueError(f"checkpoint path {path!r}: lmms-eval's --model_args cannot hold ',' or '=' in a path")
@@ -113,7 +117,7 @@ def model_args(checkpoint: Path, cls: ModelClass, budgets: Budgets, device: str)
     if cls.pixels:
         args += [f"max_pixels={budgets.max_pixels}", f"min_pixels={budgets.min_pixels}"]
     args.append(f"{cls.frames_arg}={budgets.max_frames}")
-    if cls.device_map:
+    if device is not None:
         args.append(f"device_map={device}")
     return ",".join(args)
 
@@ -215,8 +219,10 @@ def _video_home(data_dir: Path, home: Path, cache: str) -> dict:
 
 
 def lmms_command(python: str, model: str, args: str, run: TaskRun, output: Path, *, device: str, batch_size: int = 1,
-                 limit: int | None = None, num_processes: int = 1, extra: list[str] = ()) -> list[str]:
-    """The lmms-eval command line of one (checkpoint, task) run."""
+                 limit: int | None = None, num_processes: int = 1, force_simple: bool = False,
+                 extra: list[str] = ()) -> list[str]:
+    """The lmms-eval command line of one (checkpoint, task) run; ``model`` and ``force_simple`` as
+    :data:`MODEL_CLASSES` gives them."""
     head = [python, "-m", "lmms_eval"]
     if num_processes > 1:
         head = [python, "-m", "accelerate.commands.launch", f"--num_processes={num_processes}", "-m", "lmms_eval"]
@@ -226,6 +232,8 @@ def lmms_command(python: str, model: str, args: str, run: TaskRun, output: Path,
         cmd += ["--include_path", str(run.include_path)]
     if limit is not None:
         cmd += ["--limit", str(limit)]
+    if force_simple:
+        cmd.append("--force_simple")
     return cmd + list(extra)
 
 
