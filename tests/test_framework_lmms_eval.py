@@ -78,6 +78,27 @@ def test_all_angles_needs_its_folder(tmp_path):
     assert harness.plan_task("vsibench", None, tmp_path, {}).lmms_name == "vsibench"  # lmms-eval's own, from the hub
 
 
+def _gasp_eval(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gasp_plugin.cli", "eval", *argv], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+
+
+def test_gasp_eval_reports_a_users_mistake_in_one_line(tmp_path):
+    from gasp_plugin.models.tiny import save_tiny_model
+
+    adapter = tmp_path / "run"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    done = _gasp_eval(str(adapter), "--device", "cpu")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("gasp eval: error:") and "gasp export" in done.stderr
+    base = save_tiny_model("qwen2_vl", tmp_path / "base", image_size=112, num_layers=2)
+    done = _gasp_eval(f"base={base}", "--tasks", "vsibench", "--device", "cpu")  # this venv has no lmms-eval
+    assert done.returncode == 2 and "lmms-eval is not usable in" in done.stderr and "Traceback" not in done.stderr
+    done = _gasp_eval(f"base={base}", "--python", str(tmp_path / "nope" / "python"), "--device", "cpu")
+    assert done.returncode == 2 and "no such interpreter" in done.stderr
+
+
 def test_error_line_of_a_failed_run():
     """lmms-eval 0.7.3 logs the error (in colour) and exits 0: the report takes its message."""
     log = ("Traceback (most recent call last):\n  ...\nFileNotFoundError: record 5: image /d/x.jpg is missing\n"
