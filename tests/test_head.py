@@ -81,3 +81,116 @@ def test_gather_is_noop_without_deepspeed_partitioning():
     with ctx:
         pass
     assert already or "deepspeed" not in sys.modules
+
+
+def _spectrum_matrix(n: int, kind: str, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "flat":  # a random Gaussian weight: singular values spread over [0, 2], no decay
+        return torch.randn(n, n, generator=gen) / n**0.5
+    u, _ = torch.linalg.qr(torch.randn(n, n, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(n, n, generator=gen))
+    power = {"1/i": 1.0, "1/sqrt(i)": 0.5}[kind]
+    return u @ torch.diag(torch.arange(1, n + 1, dtype=torch.float32) ** -power) @ v.T
+
+
+@pytest.mark.parametrize("kind, energy, cosine, values", [
+    ("1/i", 0.999, 0.999, 0.001),        # measured: energy 0.9998, cosine 1.0000, values 0.0000
+    ("1/sqrt(i)", 0.98, 0.999, 0.005),   # measured: 0.984, 0.9998, 0.0013
+    ("flat", 0.89, None, 0.06),          # measured: 0.902, (directions not defined), 0.045
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_randomized_svd_error_against_the_full_svd(kind, energy, cosine, values, dtype):
+    """The init's randomized SVD at the 7B proportions (k = 512 of 3584, here 128 of 896) against
+    the full SVD: share of the top-k energy the rows capture, cosine of the top 16 directions,
+    and relative error of the top 16 singular values, for a decaying and a flat spectrum."""
+    from gasp_plugin.core.head import top_singular
+
+    w = _spectrum_matrix(896, kind)
+    _, s_full, vh_full = torch.linalg.svd(w, full_matrices=False)
+    s, vh = top_singular(w.to(dtype), 128)
+    assert s.shape == (128,) and vh.shape == (128, 896) and s.dtype == vh.dtype == torch.float32
+    torch.testing.assert_close(vh.norm(dim=1), torch.ones(128), atol=1e-4, rtol=0)
+    captured = (w @ vh.T).pow(2).sum() / s_full[:128].pow(2).sum()
+    assert captured >= energy
+    if cosine is not None:
+        assert (vh[:16] * vh_full[:16]).sum(1).abs().min() >= cosine
+    assert ((s[:16] - s_full[:16]).abs() / s_full[:16]).max() <= values
+    s2, vh2 = top_singular(w.to(dtype), 128)
+    assert torch.equal(s, s2) and torch.equal(vh, vh2)  # seeded: every rank gets the same rows
+
+
+def test_small_weights_get_the_exact_svd():
+    from gasp_plugin.core.head import top_singular
+
+    w = _spectrum_matrix(96, "flat")
+    _, s_full, vh_full = torch.linalg.svd(w, full_matrices=False)
+    s, vh = top_singular(w, 24)  # 96 <= 4 x 24: exact
+    torch.testing.assert_close(s, s_full[:24])
+    torch.testing.assert_close(vh, vh_full[:24])
+
+
+def test_head_runs_in_the_dtype_it_reads_without_an_fp32_copy():
+    """fp32 parameters (the optimizer's master copy), bf16 input: the head computes in bf16 and
+    saves no fp32 copy of its input for backward; gradients reach the fp32 parameters."""
+    head = CorrespondenceHead(64, embed_dim=8)
+    x = torch.randn(2, 50, 64, dtype=torch.bfloat16, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = head(x)
+    assert out.dtype == torch.bfloat16
+    assert not [t for t in saved if t.dtype == torch.float32 and t.numel() >= x.numel()]
+    out.float().sum().backward()
+    assert head.fc1.weight.grad.dtype == torch.float32 and x.grad.dtype == torch.bfloat16
+    ref = head.fc2(torch.nn.functional.gelu(head.fc1(x.detach().float())))
+    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
+
+
+def test_svd_init_from_a_bf16_weight_reads_its_top_directions():
+    w = _spectrum_matrix(896, "1/i")
+    head = CorrespondenceHead(896, embed_dim=64)  # 128 rows of 896: the randomized path
+    assert svd_init_(head, w.bfloat16()) == 128
+    _, _, vh = torch.linalg.svd(w, full_matrices=False)
+    cos = torch.nn.functional.cosine_similarity(head.fc1.weight[:16].detach(), vh[:16], dim=1).abs()
+    assert bool((cos > 0.999).all()) and head.fc1.weight.dtype == torch.float32
+
+
+def _shared_init_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        gen = torch.Generator().manual_seed(7)
+        qs = {layer: torch.randn(48, 32, generator=gen) for layer in (0, 1, 2)}
+        heads = GaspHeads(32, [0, 1, 2], GaspConfig(embed_dim=4))
+        computed = heads.init_from_q(qs, share=True)
+        torch.save({"computed": computed, "state": heads.state_dict()}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_init_from_q_computes_each_layer_once_and_shares_it(tmp_path):
+    """Under ZeRO (share=True) layer i's SVD runs on rank i % world only and is broadcast: both
+    ranks end with the heads a single process computes."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # a forked child of a process that ran OpenMP can hang
+    procs = [ctx.Process(target=_shared_init_worker, args=(r, 2, str(tmp_path / "init"), str(tmp_path)), daemon=True)
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    codes = [p.exitcode for p in procs]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert codes == [0, 0]
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert [r["computed"] for r in results] == [[0, 2], [1]]
+    gen = torch.Generator().manual_seed(7)
+    qs = {layer: torch.randn(48, 32, generator=gen) for layer in (0, 1, 2)}
+    alone = GaspHeads(32, [0, 1, 2], GaspConfig(embed_dim=4))
+    assert alone.init_from_q(qs) == [0, 1, 2]
+    for r in results:
+        for key, value in alone.state_dict().items():
+            assert torch.equal(r["state"][key], value), key

@@ -219,10 +219,10 @@ def attach_gasp(model: nn.Module, config: GaspConfig | None = None) -> GaspHandl
     decoder = adapter.decoder_layers(model)
     layers = config.resolve_layers(len(decoder))
     heads = GaspHeads(_text_hidden_size(adapter.config), layers, config)
-    if config.init == "svd_q":
+    # fp32 parameters on the model's device; they compute in the dtype of the states they read
+    heads.to(device=next(model.parameters()).device)
+    if config.init == "svd_q":  # on the weights' device, each layer once under ZeRO-3 (see core.head)
         heads.init_from_q({l: _base_weight(adapter.attention_projections(decoder[l][1])[0]) for l in layers})
-    param = next(model.parameters())
-    heads.to(device=param.device)
     model.add_module(HEADS_ATTR, heads)
     kinds = ("hidden", "q", "k") if config.qk_weight > 0 else ("hidden",)
     capture = VisualCapture(model, adapter, layers, kinds=kinds).start()
