@@ -181,3 +181,22 @@ def test_config_resolves_layers():
     assert GaspConfig(layers=[-1, 0]).resolve_layers(4) == [0, 3]
     with pytest.raises(ValueError, match=r"out of range .* 4 decoder layers"):
         GaspConfig(layers=[4]).resolve_layers(4)
+
+
+def test_loss_makes_no_host_sync():
+    """No tensor value is read on the host inside the loss (.item(), int(), bool(), .tolist(),
+    data-dependent shapes): it runs, forward and backward, on the meta device, which has no values
+    to read. On a GPU it so queues behind the forward; the counts are tensors, read when logged."""
+    from dataclasses import fields
+
+    gen = torch.Generator().manual_seed(4)
+    tg = _random_targets(gen)
+    meta = GaspTargets(**{f.name: getattr(tg, f.name).to("meta") for f in fields(GaspTargets)})
+    emb = {layer: (torch.randn(2, 5, 6, device="meta", requires_grad=True),
+                   torch.randn(2, 3, 7, 6, device="meta", requires_grad=True)) for layer in (0, 3)}
+    out = GaspLoss(GaspConfig(qk_weight=1.0))(emb, meta, qk=emb)
+    out.total.backward()
+    assert out.total.device.type == "meta" and emb[0][0].grad is not None
+    assert isinstance(out.num_pairs, torch.Tensor) and out.num_pairs.dim() == 0
+    real = GaspLoss()({0: (torch.randn(2, 5, 6), torch.randn(2, 3, 7, 6))}, tg)
+    assert int(real.num_pairs) == int(tg.valid_pairs().sum()) and real.log_dict()["gasp/pairs"] == float(real.num_pairs)

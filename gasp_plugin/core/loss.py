@@ -20,6 +20,11 @@ Both are computed in fp32 whatever the embedding dtype, averaged over layers, an
 (``corr_weight``, ``depth_weight``). A batch with nothing to supervise gives an exact zero that is
 still connected to every embedding (so all heads receive a gradient, as ZeRO requires).
 
+No host synchronisation: pair counts stay 0-dim tensors on the batch's device (a mean over no
+pairs divides a zero sum by 1 instead of branching on the count), so on a GPU the loss queues
+behind the forward without waiting for it; read ``num_pairs`` (``float()`` / ``.item()``) at
+logging steps only.
+
 Stand-alone use in a custom training loop (the handle captures and runs the heads for you)::
 
     from gasp_plugin import GaspConfig, attach_gasp
@@ -59,16 +64,17 @@ class GaspLossOutput:
         corr: correspondence term averaged over layers.
         depth: depth term averaged over layers.
         per_layer: ``{layer: {"corr": tensor, "depth": tensor[, "qk": tensor]}}``.
-        num_pairs: visible (point, target frame) pairs supervised by the correspondence term.
-        num_depth_pairs: pairs supervised by the depth term.
+        num_pairs: visible (point, target frame) pairs supervised by the correspondence term
+            (a 0-dim integer tensor: reading it is a host sync, so only at logging steps).
+        num_depth_pairs: pairs supervised by the depth term (the same).
     """
 
     total: torch.Tensor
     corr: torch.Tensor
     depth: torch.Tensor
     per_layer: dict = field(default_factory=dict)
-    num_pairs: int = 0
-    num_depth_pairs: int = 0
+    num_pairs: torch.Tensor | int = 0
+    num_depth_pairs: torch.Tensor | int = 0
     qk: torch.Tensor | None = None
 
     def terms(self) -> dict[str, torch.Tensor]:
@@ -83,7 +89,8 @@ class GaspLossOutput:
         return {k: v.detach().float() for k, v in out.items()}
 
     def log_dict(self, prefix: str = "gasp") -> dict[str, float]:
-        """Flat float values for a logger: total, terms, per-layer terms, pair counts."""
+        """Flat float values for a logger: total, terms, per-layer terms, pair counts (host syncs:
+        call it at logging steps)."""
         out = {f"{prefix}/total": float(self.total.detach()), f"{prefix}/pairs": float(self.num_pairs)}
         out.update({f"{prefix}/{k}": float(v) for k, v in self.terms().items()})
         return out
@@ -106,22 +113,28 @@ class PairMasks:
         valid: ``[b, t, p]`` pairs the correspondence term uses; ``num_pairs`` of them.
         has_depth: ``[b, t, n]`` tokens with a valid depth (the soft-argmax candidates).
         depth_valid: ``[b, t, p]`` pairs the depth term uses; ``num_depth_pairs`` of them.
+        num_pairs, num_depth_pairs: 0-dim integer tensors (no host sync).
     """
 
     token_mask: torch.Tensor
     valid: torch.Tensor
     has_depth: torch.Tensor
     depth_valid: torch.Tensor
-    num_pairs: int
-    num_depth_pairs: int
+    num_pairs: torch.Tensor
+    num_depth_pairs: torch.Tensor
 
     @classmethod
     def of(cls, targets: GaspTargets) -> "PairMasks":
         valid = targets.valid_pairs()
         has_depth = targets.token_depth > 0
         depth_valid = valid & (targets.point_depth > 0) & has_depth.any(-1)[:, :, None]
-        counts = torch.stack([valid.sum(), depth_valid.sum()]).tolist()  # one host sync
-        return cls(targets.target_token_mask(), valid, has_depth, depth_valid, int(counts[0]), int(counts[1]))
+        return cls(targets.target_token_mask(), valid, has_depth, depth_valid, valid.sum(), depth_valid.sum())
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``mask``, over ``count`` entries; 0 when there are none (a zero sum
+    over 1: no branch on the count, so no host sync)."""
+    return torch.where(mask, values, torch.zeros_like(values)).sum() / count.clamp(min=1)
 
 
 def layer_losses(
@@ -145,7 +158,8 @@ def layer_losses(
         with_depth: compute the depth term (else it is a connected zero).
 
     Returns:
-        ``(corr, depth, num_pairs, num_depth_pairs)``; terms are fp32 scalars.
+        ``(corr, depth, num_pairs, num_depth_pairs)``; terms are fp32 scalars, counts 0-dim
+        integer tensors.
     """
     b, p, _ = anchor.shape
     if target.shape[:3] != targets.token_depth.shape or target.shape[0] != b:
@@ -162,20 +176,18 @@ def layer_losses(
     logits = logits.masked_fill(~m.token_mask[:, :, None, :], _MASKED)
     zero = connected_zero(anchor, target)
 
-    if m.num_pairs:
-        logp = torch.log_softmax(logits, dim=-1)
-        nll = -logp.gather(-1, targets.pos_tokens.clamp(min=0)[..., None]).squeeze(-1)  # [b, t, p]
-        corr = torch.where(m.valid, nll, torch.zeros_like(nll)).sum() / m.num_pairs + zero
-    else:
-        corr = zero
+    logp = torch.log_softmax(logits, dim=-1)
+    nll = -logp.gather(-1, targets.pos_tokens.clamp(min=0)[..., None]).squeeze(-1)  # [b, t, p]
+    corr = _masked_mean(nll, m.valid, m.num_pairs) + zero
 
-    if with_depth and m.num_depth_pairs:
+    if with_depth:
         depth_logits = logits.masked_fill(~m.has_depth[:, :, None, :], _MASKED)
+        del logits  # the depth term's own copy is all that is left to read
         attn = torch.softmax(depth_logits, dim=-1)  # [b, t, p, n]
         d_hat = torch.einsum("btpn,btn->btp", attn, targets.token_depth.float())
         d = targets.point_depth.float()
         rel = (d - d_hat).abs() / (d + d_hat + eps)
-        depth = torch.where(m.depth_valid, rel, torch.zeros_like(rel)).sum() / m.num_depth_pairs + zero
+        depth = _masked_mean(rel, m.depth_valid, m.num_depth_pairs) + zero
     else:
         depth = zero
     return corr, depth, m.num_pairs, m.num_depth_pairs
