@@ -107,8 +107,9 @@ def anyres_tile_grid(orig_hw: tuple[int, int], pinpoints: list, tile: int, side:
 
 class AnyresAdapter(VLMAdapter):
     """Base class of the LLaVA-NeXT families; see the module docstring. Subclasses set
-    :attr:`feature_strategy` and implement the family hooks (``_tiled``, ``_max_tiles``,
-    ``_base_canvas``, ``_video_grid``, ``_video_table``, ``_video_trailing``)."""
+    :attr:`feature_strategy` and :attr:`multi_image_from` and the family hooks: ``_max_tiles``,
+    ``_image_batch``, ``_base_canvas`` (images); ``_video_resize``, ``_video_grid``,
+    ``_video_cell`` / ``_video_table``, ``_video_trailing`` (video)."""
 
     vision_pattern = r"(?:^|\.)(?:vision_tower|multi_modal_projector|vision_resampler)\."
     #: the ``vision_feature_select_strategy`` the family's tower needs (CLIP: "default" drops the
