@@ -19,7 +19,7 @@ from gasp_plugin.models.tiny import build_tiny_model, save_tiny_model  # noqa: E
 
 from test_families_mapping import first_layer_inputs  # noqa: E402
 
-FAMILIES = {"llava_next_video": 112, "llava_onevision": 130, "qwen3_vl": 128}
+FAMILIES = {"llava_next_video": 112, "llava_onevision": 130, "qwen3_vl": 128, "qwen3_vl_moe": 128}
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -61,7 +61,7 @@ def test_newline_and_tile_tokens_are_not_targets(family):
     """Positions hold the base views (images) / pooled frames (video) only: no position holds the
     image_newline embedding, and every newline and tile token is a visual token left out."""
     model_type, model, processor, adapter = family
-    if model_type == "qwen3_vl":
+    if model_type.startswith("qwen3_vl"):
         pytest.skip("Qwen3-VL has no newline or tile tokens")
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (180, 300, 3), dtype=np.uint8) for _ in range(3)]
@@ -103,7 +103,7 @@ def test_examples_batch_with_padding_and_loss(family, scene, as_video):
     with right padding: each row's targets index the tokens its single example has, and the
     batch loss is the pair-weighted mean of the single ones."""
     model_type, model, processor, adapter = family
-    video_frames = 4 if model_type == "qwen3_vl" else 3
+    video_frames = 4 if model_type.startswith("qwen3_vl") else 3
     if as_video:
         clips = [_clip(scene, [0, 2, 4, 6][:video_frames]), _clip(scene, [1, 3, 5, 7][:video_frames])]
         prompts = ["Describe the video.", "Where does the camera move in this video, and what is seen?"]
@@ -145,7 +145,7 @@ def test_examples_batch_with_padding_and_loss(family, scene, as_video):
 
 def test_video_geometry_rows(family):
     model_type, _, _, adapter = family
-    if model_type == "qwen3_vl":
+    if model_type.startswith("qwen3_vl"):
         assert adapter.video_geometry_rows(4, 2) == [0, 2]  # temporal groups of two frames, as Qwen2-VL
         with pytest.raises(ValueError, match="second frame of temporal group"):
             adapter.video_geometry_rows(4, 1)
@@ -175,7 +175,7 @@ def test_qk_capture_is_what_attention_compares(family):
             seen.setdefault(name, out.detach())
         return module.register_forward_hook(hook)
 
-    norms = (attn.q_norm, attn.k_norm) if model_type == "qwen3_vl" else (attn.q_proj, attn.k_proj)
+    norms = (attn.q_norm, attn.k_norm) if model_type.startswith("qwen3_vl") else (attn.q_proj, attn.k_proj)
     hooks = [grab("q", norms[0]), grab("k", norms[1])]
     try:
         with VisualCapture(model, adapter, layers=[1], kinds=("q", "k"), detach=True) as cap, torch.no_grad():
@@ -248,7 +248,7 @@ def test_instruction_data_without_the_full_processor(family, tmp_path):
                                   video_token_id=model.config.video_token_id)
         batch = {k: (v[None] if k in ("input_ids", "attention_mask", "labels", "mm_token_type_ids") else v)
                  for k, v in out.items()}
-        if model_type != "qwen3_vl":
+        if not model_type.startswith("qwen3_vl"):
             batch.pop("mm_token_type_ids")
         with torch.no_grad():
             loss = model(**batch).loss

@@ -454,6 +454,19 @@ def _qwen3_vl_config(sizes: _Sizes, tokenizer, overrides: dict):
     return Qwen3VLConfig(text_config=text, vision_config=vision, **_qwen_token_ids(tokenizer), **top)
 
 
+def _qwen3_vl_moe_config(sizes: _Sizes, tokenizer, overrides: dict):
+    """Qwen3-VL-MoE: the Qwen3-VL config with a mixture-of-experts MLP in every decoder layer."""
+    from transformers import Qwen3VLMoeConfig
+
+    dense = _qwen3_vl_config(sizes, tokenizer, overrides).to_dict()
+    sub = {name: {k: v for k, v in dense[name].items() if k not in ("model_type", "architectures")}
+           for name in ("text_config", "vision_config")}
+    moe = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": sizes.hidden_size // 2,
+           "decoder_sparse_step": 1}
+    return Qwen3VLMoeConfig(text_config={**sub["text_config"], **moe}, vision_config=sub["vision_config"],
+                            **_qwen_token_ids(tokenizer))
+
+
 def _qwen3_vl_video_processor(config, sizes: _Sizes):
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
@@ -499,6 +512,7 @@ _FAMILIES: dict[str, _Family] = {
     "llava_next_video": _Family(_llava_video_tokenizer, _llava_next_video_config, _llava_next_video_processor),
     "llava_onevision": _Family(_onevision_tokenizer, _onevision_config, _onevision_processor),
     "qwen3_vl": _Family(_qwen_tokenizer, _qwen3_vl_config, _qwen3_vl_processor),
+    "qwen3_vl_moe": _Family(_qwen_tokenizer, _qwen3_vl_moe_config, _qwen3_vl_processor),
 }
 TINY_MODEL_TYPES = tuple(_FAMILIES)
 
