@@ -266,3 +266,37 @@ def test_a_frozen_model_is_an_error():
     model.train()(**inputs)
     with pytest.raises(GaspGradientError, match="'hidden' state.*no trainable"):
         handle.compute_loss(targets)
+
+
+def test_a_non_reentrant_checkpoint_around_the_whole_layer_call_trains_the_qk_term():
+    """transformers 5.17 checkpoints a decoder layer's whole call, so GASP's hooks run inside the
+    checkpoint. Under non-re-entrant checkpointing, q/k computed inside the forward (but not in the
+    recomputation) made backward fail with "a different number of tensors was saved" (seen on an
+    H200); computed when read, after the forward, they train LoRA as without checkpointing."""
+    from torch.utils.checkpoint import checkpoint
+
+    plain_out, plain = _gasp_grads(False)
+    torch.manual_seed(0)
+    from peft import LoraConfig, get_peft_model
+
+    model, processor = build_tiny_model("qwen2_vl", image_size=112)
+    handle = attach_gasp(model, GaspConfig(embed_dim=16, qk_weight=1.0))
+    peft_model = get_peft_model(model, LoraConfig(
+        r=4, target_modules=r".*language_model\.layers\.\d+\.(self_attn\.(q|k)_proj|mlp\.up_proj)"))
+    for n, p in peft_model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    handle.ensure_trainable()
+    for _, layer in get_adapter(model).decoder_layers(model):
+        base = type(layer)
+        layer.__class__ = type(f"Checkpointed{base.__name__}", (base,), {
+            "__call__": lambda self, *a, _base=base, **k: checkpoint(
+                lambda *x: _base.__call__(self, *x, **k), *a, use_reentrant=False)})
+    peft_model.train()
+    inputs, targets = _inputs(model, processor)
+    peft_model(**inputs)
+    handle.compute_loss(targets).total.backward()
+    grads = {n: p.grad for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert grads.keys() == plain.keys()
+    for name in plain:
+        torch.testing.assert_close(grads[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -115,8 +115,8 @@ def test_qk_term_follows_lora_wrappers_added_after_attach():
     hook = q_wrapped.register_forward_hook(keep)
     peft_model(**inputs)
     hook.remove()
-    captured = handle.capture.states["q"][last]
     start, end = handle.capture.span
+    captured = handle.capture.gather("q", last, torch.arange(start, end)[None])  # computed when read
     torch.testing.assert_close(captured.detach(), seen["q"][:, start:end])
     handle.compute_loss(targets).total.backward()
     grads = [p.grad for name, p in peft_model.named_parameters()

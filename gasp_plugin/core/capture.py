@@ -10,12 +10,16 @@ outside the span are never touched.
 inside it: transformers (5.x) checkpoints a layer's ``forward``, so hooks on the layer run outside
 the checkpoint and see tensors with a graph under re-entrant and non-re-entrant checkpointing
 alike, while hooks on q_proj / k_proj would run inside it (under re-entrant checkpointing: no
-graph, so the q/k term would train nothing). So a pre-hook keeps the layer's *input* span and the
-output hook computes ``q_proj(input_layernorm(x))`` and ``k_proj(...)`` on that span, with the
-projections the layer holds at that moment (a PEFT LoRA wrapper included). Cost: the two
-projections once more on the visual span, only when the q/k term is on. A wrapper that
-checkpoints the whole layer call (hooks inside the checkpoint) leaves the captured states without
-a graph; :class:`gasp_plugin.core.attach.GaspHandle` then refuses to train, naming the setting.
+graph, so the q/k term would train nothing). So a pre-hook keeps the layer's *input* span, and
+``q_proj(input_layernorm(x))`` and ``k_proj(...)`` are computed on that span when the states are
+read (``take`` / ``gather``), after the forward, with the projections the layer holds then (a
+PEFT LoRA wrapper included). After, not in the hook: where a checkpoint wraps the whole layer
+call (transformers 5.17 does; hooks then run inside it), extra operations in the forward that its
+recomputation does not repeat make non-re-entrant checkpointing fail ("a different number of
+tensors was saved"), as seen on an H200. Cost: the two projections once more on the visual span,
+only when the q/k term is on. Under a re-entrant checkpoint around the whole layer call the
+captured states have no graph; :class:`gasp_plugin.core.attach.GaspHandle` then refuses to train,
+naming the setting.
 
 Capture is *armed* when the LLM's token embedding runs (its input_ids give the span) and
 *disarmed* when the LLM's final norm runs. Gradient checkpointing that re-runs decoder layers
@@ -64,6 +68,8 @@ class VisualCapture:
         self._visual_ids = adapter.visual_token_ids()
         self._handles: list = []
         self._inputs: dict[int, torch.Tensor] = {}  # layer -> input span, until its output hook runs
+        self._pending: dict[int, torch.Tensor] = {}  # layer -> input span whose q/k are not computed yet
+        self._seen: set[int] = set()  # layers that ran in the current forward
         self._armed = False
         self.span: tuple[int, int] | None = None
         self.visual_mask: torch.Tensor | None = None
@@ -75,6 +81,8 @@ class VisualCapture:
         ids = args[0] if args else (kwargs or {}).get("input")
         self.states = {k: {} for k in self.kinds}
         self._inputs.clear()
+        self._pending.clear()
+        self._seen = set()
         self.span, self.visual_mask, self._armed = None, None, True
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
             return
@@ -102,25 +110,30 @@ class VisualCapture:
                 return
             if self.span is None:
                 return
-            if layer in self.states[self.kinds[0]]:
+            if layer in self._seen:
                 raise RuntimeError(f"decoder layer {layer} ran twice in one forward; cannot tell which output to use")
+            self._seen.add(layer)
             if "hidden" in self.kinds:
                 out = _first(output)[:, self.span[0] : self.span[1]]
                 self.states["hidden"][layer] = out.detach() if self.detach else out
             if "q" in self.kinds or "k" in self.kinds:
-                self._store_qk(layer, self._inputs.pop(layer))
+                self._pending[layer] = self._inputs.pop(layer)  # q/k computed when read (module doc)
 
         return hook
 
-    def _store_qk(self, layer: int, x: torch.Tensor) -> None:
-        """q_proj / k_proj outputs ``[b, S, ·]`` of the layer's normed input span (see module doc)."""
-        module = self._decoder[layer][1]
-        normed = self.adapter.attention_input_norm(module)(x)
-        q, k = self.adapter.attention_projections(module)
-        for kind, proj in (("q", q), ("k", k)):
-            if kind in self.kinds:
-                out = proj(normed)
-                self.states[kind][layer] = out.detach() if self.detach else out
+    def _store_qk(self) -> None:
+        """q_proj / k_proj outputs ``[b, S, ·]`` of each pending layer's normed input span, computed
+        after the forward: inside the forward a checkpoint around the whole layer call would see
+        operations its recomputation does not repeat (see module doc)."""
+        for layer, x in self._pending.items():
+            module = self._decoder[layer][1]
+            normed = self.adapter.attention_input_norm(module)(x)
+            q, k = self.adapter.attention_projections(module)
+            for kind, proj in (("q", q), ("k", k)):
+                if kind in self.kinds:
+                    out = proj(normed)
+                    self.states[kind][layer] = out.detach() if self.detach else out
+        self._pending.clear()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "VisualCapture":
@@ -141,6 +154,7 @@ class VisualCapture:
             h.remove()
         self._handles.clear()
         self._inputs.clear()
+        self._pending.clear()
         self._armed = False
 
     def __enter__(self) -> "VisualCapture":
@@ -155,6 +169,7 @@ class VisualCapture:
 
     def take(self) -> dict[str, dict[int, torch.Tensor]]:
         """The states of the last forward (then forgotten). Raises if nothing was captured."""
+        self._store_qk()
         if self.span is None or not any(self.states.values()):
             raise RuntimeError(
                 "no visual-token states were captured: run the model forward on inputs with input_ids "
@@ -168,9 +183,11 @@ class VisualCapture:
 
     def clear(self) -> None:
         self.states = {k: {} for k in self.kinds}
+        self._pending.clear()
 
     def gather(self, kind: str, layer: int, positions: torch.Tensor) -> torch.Tensor:
         """``[b, *idx, ·]`` states at sequence ``positions [b, *idx]`` (-1 -> zeros), without taking."""
+        self._store_qk()
         x = self.states[kind][layer]
         return gather_span(x, positions, self.span[0])
 
