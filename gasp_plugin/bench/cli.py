@@ -16,6 +16,8 @@ __all__ = ["BENCHMARKS", "register_benchmark", "add_arguments", "run"]
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "tracks": ("gasp_plugin.bench.tracks", "ground-truth track computation vs decoding the same clip"),
     "overhead": ("gasp_plugin.bench.overhead", "training-step cost of GASP vs plain fine-tuning"),
+    "gpu": ("gasp_plugin.bench.gpu", "plain vs GASP training steps of Qwen2.5-VL-7B on 24-frame clips (CUDA)"),
+    "attach": ("gasp_plugin.bench.attach", "attach_gasp time at 7B width, randomized vs full SVD init"),
     "data": ("gasp_plugin.bench.data", "per-stage cost of preparing a geometry clip vs decoding, and DataLoader clips/s"),
     "clips": ("gasp_plugin.bench.clips", "frames, tokens and supervised pairs per geometry clip, per recipe and grid"),
 }

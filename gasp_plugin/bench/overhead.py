@@ -1,13 +1,24 @@
 """``gasp bench overhead``: one training step with GASP on all layers vs the same step without.
 
-Same model, same batch, same process, steps alternated: forward + backward of the LM loss
-(``plain``) against forward + backward of LM loss + GASP loss (``gasp``). Prints median step
-time, peak memory and their ratios, and the FLOP ratio of heads + loss to the model: the floor
-any implementation pays (target: time and memory ratios at most 1.10).
+Same model, same batch, same process: forward + backward of the LM loss (``plain``) against
+forward + backward of LM loss + GASP loss with the paper's two terms (``gasp``) and with the q/k
+alignment term as well (``qk``). Each round runs the three steps in a rotating order (after one
+warm-up round); GASP is attached before its step and detached after it (random head init: the
+init does not change the step). Prints median step time, peak memory, their ratios to ``plain``
+with the spread of the per-round time ratios, and the FLOP ratio of heads + loss (+ the q/k
+projections recomputed on the visual span) to the model: the floor any implementation pays
+(target: time and memory ratios at most 1.05 at 7B width).
+
+7B width: ``--hidden 3584 --heads 28 --kv-heads 4 --layers 2`` (Qwen2.5-VL-7B's text config, two
+of its 28 layers; MLP ``--intermediate`` defaults to 2 x hidden to fit a CPU), 4 frames of 448x448
+(1k visual tokens), e = 256, bf16 where the device has fast bf16 products (``--dtype auto``).
 
 Memory: on CUDA the allocator's peak (``max_memory_allocated``); on CPU, where no allocator peak
 is exposed, parameters + gradients + the bytes saved for backward (unique storages, so views of
 layer outputs count once), which is what the step's peak is made of.
+
+``--json FILE`` writes ``time_ratio``, ``memory_ratio``, ``flop_floor`` and the same with a
+``qk_`` prefix, the per-round time ratios and their spread, and the step figures.
 """
 
 from __future__ import annotations
@@ -15,11 +26,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import time
 from pathlib import Path
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "run", "VARIANTS", "TARGET"]
+
+VARIANTS = ("plain", "gasp", "qk")
+TARGET = 1.05
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,13 +42,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=int, default=512, help="LLM hidden size")
     parser.add_argument("--layers", type=int, default=8, help="LLM decoder layers (all supervised)")
     parser.add_argument("--heads", type=int, default=8, help="attention heads")
+    parser.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default: --heads)")
+    parser.add_argument("--intermediate", type=int, default=None, help="MLP width (default: 2 x hidden)")
     parser.add_argument("--frames", type=int, default=4, help="frames per clip")
     parser.add_argument("--size", type=int, default=448, help="frame side in pixels")
     parser.add_argument("--points", type=int, default=256, help="anchor points")
     parser.add_argument("--embed-dim", type=int, default=256, help="GASP head embedding size e")
     parser.add_argument("--head-checkpoint", action="store_true", help="recompute heads in backward")
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant (after one warm-up)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
+                        help="model dtype (auto: bfloat16 where the device has fast bf16 products, else float32)")
+    parser.add_argument("--no-qk", action="store_true", help="skip the step with the q/k alignment term")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (after one warm-up round)")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--json", default=None, help="write the figures to this file")
     parser.add_argument("--out", default=None, help="folder for bench_overhead.json and bench_overhead.png")
 
 
@@ -107,8 +128,9 @@ def _step(model, inputs, handle, targets, device):
     return time.perf_counter() - start, peak
 
 
-def _flops(model, inputs, targets, cfg, layers: int) -> tuple[float, float]:
-    """Forward FLOPs of the model and of heads + loss (backward scales both alike)."""
+def _flops(model, inputs, targets, cfg, layers: int) -> tuple[float, float, float]:
+    """Forward FLOPs of the model, of heads + loss, and of the q/k term (the q/k projections
+    recomputed on the visual span + its loss); backward scales all alike."""
     text = model.config.get_text_config()
     d, seq = text.hidden_size, inputs["input_ids"].shape[1]
     llm = sum(p.numel() for n, p in model.named_parameters() if "language_model.layers" in n)
@@ -124,7 +146,41 @@ def _flops(model, inputs, targets, cfg, layers: int) -> tuple[float, float]:
     n = targets.token_positions.shape[-1]
     head = 2 * span * (d * hid + hid * e)
     loss = 2 * 2 * b * t * p * n * e
-    return float(model_flops), float(layers * (head + loss))
+    kv = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    qk = 2 * span * d * (d + kv * d // text.num_attention_heads) + 2 * b * t * p * n * d
+    return float(model_flops), float(layers * (head + loss)), float(layers * qk)
+
+
+def _dtype(name: str, device: str):
+    import torch
+
+    if name != "auto":
+        return getattr(torch, name)
+    fast_bf16 = device.startswith("cuda") or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.bfloat16 if fast_bf16 else torch.float32
+
+
+def _build(args):
+    import torch
+
+    from gasp_plugin.models.registry import get_adapter
+    from gasp_plugin.models.tiny import build_tiny_model
+
+    extra = {}
+    if args.kv_heads is not None:
+        extra["text_num_key_value_heads"] = args.kv_heads
+    if args.intermediate is not None:
+        extra["text_intermediate_size"] = args.intermediate
+    torch.manual_seed(0)
+    model, processor = build_tiny_model(args.model_type, hidden_size=args.hidden, num_layers=args.layers,
+                                        num_heads=args.heads, image_size=args.size, **extra)
+    dtype = _dtype(args.dtype, args.device)
+    model.to(device=args.device, dtype=dtype).train()
+    return model, processor, get_adapter(model), dtype
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.3f}-{max(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
 def run(args) -> int:
@@ -132,71 +188,101 @@ def run(args) -> int:
 
     from gasp_plugin.core.attach import attach_gasp, detach_gasp
     from gasp_plugin.core.config import GaspConfig
-    from gasp_plugin.models.registry import get_adapter
-    from gasp_plugin.models.tiny import build_tiny_model
 
-    torch.manual_seed(0)
-    model, processor = build_tiny_model(
-        args.model_type, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads, image_size=args.size
-    )
-    model.to(args.device).train()
-    adapter = get_adapter(model)
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    model, processor, adapter, dtype = _build(args)
     inputs, targets = _batch(model, processor, adapter, args, args.device)
-    cfg = GaspConfig(embed_dim=args.embed_dim, head_checkpoint=args.head_checkpoint)
-    handle = attach_gasp(model, cfg)
-    results = {"plain": [], "gasp": []}
-    try:
-        from tqdm import tqdm
+    configs = {"gasp": GaspConfig(embed_dim=args.embed_dim, head_checkpoint=args.head_checkpoint, init="random"),
+               "qk": GaspConfig(embed_dim=args.embed_dim, head_checkpoint=args.head_checkpoint, init="random",
+                                qk_weight=1.0)}
+    variants = [v for v in VARIANTS if not (args.no_qk and v == "qk")]
+    results = {v: [] for v in variants}
+    from tqdm import tqdm
 
-        for i in tqdm(range(args.repeats + 1), desc="overhead steps"):
-            for name in ("plain", "gasp") if i % 2 == 0 else ("gasp", "plain"):
-                if name == "plain":
-                    handle.capture.stop()
-                    res = _step(model, inputs, None, targets, args.device)
-                    handle.capture.start()
-                else:
-                    res = _step(model, inputs, handle, targets, args.device)
-                if i > 0:  # the first round warms up
-                    results[name].append(res)
-        model_flops, gasp_flops = _flops(model, inputs, targets, cfg, args.layers)
-    finally:
-        detach_gasp(model)
+    for i in tqdm(range(args.repeats + 1), desc="overhead rounds"):
+        for name in variants[i % len(variants):] + variants[: i % len(variants)]:
+            handle = attach_gasp(model, configs[name]) if name != "plain" else None
+            try:
+                res = _step(model, inputs, handle, targets, args.device)
+            finally:
+                if handle is not None:
+                    detach_gasp(model)
+            if i > 0:  # the first round warms up
+                results[name].append(res)
+    model_flops, gasp_flops, qk_flops = _flops(model, inputs, targets, configs["gasp"], args.layers)
     summary = {
-        name: {"time_s": statistics.median(r[0] for r in rs), "peak_mb": max(r[1] for r in rs) / 2**20}
+        name: {"time_s": statistics.median(r[0] for r in rs), "peak_mb": max(r[1] for r in rs) / 2**20,
+               "times_s": [r[0] for r in rs]}
         for name, rs in results.items()
     }
-    ratio_t = summary["gasp"]["time_s"] / summary["plain"]["time_s"]
-    ratio_m = summary["gasp"]["peak_mb"] / summary["plain"]["peak_mb"]
-    floor = 1 + gasp_flops / model_flops
-    mem_kind = "allocator peak" if args.device.startswith("cuda") else "params+grads+saved"
-    print(f"model {args.model_type}: hidden {args.hidden}, {args.layers} layers, {args.frames} frames of "
-          f"{args.size}x{args.size}, seq {inputs['input_ids'].shape[1]}, e={args.embed_dim}, device {args.device}")
-    print(f"{'':10s}{'plain':>12s}{'gasp':>12s}{'ratio':>9s}{'target':>9s}")
-    print(f"{'time s':10s}{summary['plain']['time_s']:12.3f}{summary['gasp']['time_s']:12.3f}{ratio_t:9.3f}{1.10:9.2f}")
-    print(f"{'peak MB':10s}{summary['plain']['peak_mb']:12.1f}{summary['gasp']['peak_mb']:12.1f}{ratio_m:9.3f}{1.10:9.2f}"
-          f"   ({mem_kind})")
-    print(f"{'FLOPs':10s}{model_flops:12.3g}{model_flops + gasp_flops:12.3g}{floor:9.3f}   (floor: heads + loss)")
+    plain = summary["plain"]
+    record = {"args": vars(args), "dtype": str(dtype).replace("torch.", ""), "summary": summary,
+              "seq": int(inputs["input_ids"].shape[1]), "target": TARGET,
+              "memory_measure": "allocator peak" if args.device.startswith("cuda") else "params+grads+saved",
+              "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+              "torch_threads": torch.get_num_threads()}
+    for name, extra in (("gasp", gasp_flops), ("qk", gasp_flops + qk_flops)):
+        if name not in summary:
+            continue
+        prefix = "" if name == "gasp" else "qk_"
+        rounds = [g[0] / p[0] for g, p in zip(results[name], results["plain"])]
+        record[f"{prefix}time_ratio"] = statistics.median(rounds)
+        record[f"{prefix}time_ratio_rounds"] = rounds
+        record[f"{prefix}time_ratio_spread"] = [min(rounds), max(rounds)]
+        record[f"{prefix}memory_ratio"] = summary[name]["peak_mb"] / plain["peak_mb"]
+        record[f"{prefix}flop_floor"] = 1 + extra / model_flops
+    _print(args, record, summary, model_flops, gasp_flops, qk_flops)
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=2))
+        print(f"wrote {args.json}")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        record = {"args": vars(args), "summary": summary, "time_ratio": ratio_t, "memory_ratio": ratio_m,
-                  "flop_ratio_floor": floor, "memory_measure": mem_kind}
         (out / "bench_overhead.json").write_text(json.dumps(record, indent=2))
-        _plot(out / "bench_overhead.png", ratio_t, ratio_m, floor)
+        _plot(out / "bench_overhead.png", record)
     return 0
 
 
-def _plot(path: Path, ratio_t: float, ratio_m: float, floor: float) -> None:
+def _print(args, record, summary, model_flops, gasp_flops, qk_flops) -> None:
+    print(f"model {args.model_type}: hidden {args.hidden}, heads {args.heads}/{args.kv_heads or args.heads} kv, "
+          f"{args.layers} layers, {args.frames} frames of {args.size}x{args.size}, seq {record['seq']}, "
+          f"e={args.embed_dim}, {record['dtype']}, device {args.device}, torch threads {record['torch_threads']}, "
+          f"{args.repeats} rounds; load average {record['load_average']}")
+    names = list(summary)
+    print(f"{'':10s}" + "".join(f"{n:>12s}" for n in names) + "".join(f"{n + '/plain':>13s}" for n in names[1:])
+          + f"{'target':>8s}")
+    plain = summary["plain"]
+    time_cells = "".join(f"{summary[n]['time_s']:12.3f}" for n in names)
+    ratio_cells = "".join(f"{record[('' if n == 'gasp' else 'qk_') + 'time_ratio']:13.3f}" for n in names[1:])
+    print(f"{'time s':10s}{time_cells}{ratio_cells}{TARGET:8.2f}")
+    mem_cells = "".join(f"{summary[n]['peak_mb']:12.1f}" for n in names)
+    mratio = "".join(f"{summary[n]['peak_mb'] / plain['peak_mb']:13.3f}" for n in names[1:])
+    print(f"{'peak MB':10s}{mem_cells}{mratio}{TARGET:8.2f}   ({record['memory_measure']})")
+    flops = {"plain": model_flops, "gasp": model_flops + gasp_flops, "qk": model_flops + gasp_flops + qk_flops}
+    print(f"{'FLOPs':10s}" + "".join(f"{flops[n]:12.3g}" for n in names)
+          + "".join(f"{flops[n] / model_flops:13.3f}" for n in names[1:]) + "   (floor)")
+    for n in names[1:]:
+        prefix = "" if n == "gasp" else "qk_"
+        print(f"{n}: time ratio per round {_spread(record[prefix + 'time_ratio_rounds'])} (median "
+              f"{record[prefix + 'time_ratio']:.3f}), memory {record[prefix + 'memory_ratio']:.3f}, "
+              f"FLOP floor {record[prefix + 'flop_floor']:.3f}")
+
+
+def _plot(path: Path, record: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4, 3))
-    ax.bar(["time", "memory", "FLOP floor"], [ratio_t, ratio_m, floor], color=["C0", "C1", "C7"])
-    ax.axhline(1.10, color="r", ls="--", label="target 1.10")
+    keys = [k for k in ("time_ratio", "memory_ratio", "flop_floor", "qk_time_ratio", "qk_memory_ratio",
+                        "qk_flop_floor") if k in record]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar(keys, [record[k] for k in keys], color=["C0", "C1", "C7"] * 2)
+    ax.axhline(TARGET, color="r", ls="--", label=f"target {TARGET}")
     ax.set_ylabel("GASP / plain")
-    ax.set_ylim(0.9, max(1.3, ratio_t, ratio_m, floor) + 0.05)
+    ax.set_ylim(0.9, max(1.3, *(record[k] for k in keys)) + 0.05)
+    ax.tick_params(axis="x", labelrotation=30)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

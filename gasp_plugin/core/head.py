@@ -105,6 +105,13 @@ def top_singular(w: torch.Tensor, k: int, *, oversample: int = 8, niter: int = 1
     ``k + oversample`` columns, ``niter`` power iterations, then the exact SVD of the ``(k +
     oversample) x n`` projection (through its small Gram matrix, in float64). The four products
     with ``w`` run in bf16 when ``w`` is bf16 and the device has fast bf16 products, else fp32.
+
+    Error against the full SVD at the 7B proportions (k = 512 of 3584; measured at 128 of 896,
+    tests/test_head.py; the same in bf16): on a decaying spectrum (s_i ~ 1/i) the rows capture
+    99.98% of the top-k energy, the top 16 directions match to cosine > 0.9999 and their singular
+    values to 0.03%; at s_i ~ 1/sqrt(i): 98.4%, 0.9998 and 0.13%; on a flat spectrum (a random
+    Gaussian weight, the worst case, where single directions are not even defined) 90% of the
+    energy, leading singular values within 4.5%.
     """
     m, n = w.shape
     k = min(k, m, n)
