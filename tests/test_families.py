@@ -180,7 +180,7 @@ def test_qk_capture_is_what_attention_compares(family):
     try:
         with VisualCapture(model, adapter, layers=[1], kinds=("q", "k"), detach=True) as cap, torch.no_grad():
             model(**inputs)
-        states, (start, end) = cap.take(), cap.span
+            states, (start, end) = cap.take(), cap.span  # q/k are computed when read
     finally:
         for h in hooks:
             h.remove()
