@@ -16,8 +16,10 @@ read (``take`` / ``gather``), after the forward, with the projections the layer 
 PEFT LoRA wrapper included). After, not in the hook: where a checkpoint wraps the whole layer
 call (transformers 5.17 does; hooks then run inside it), extra operations in the forward that its
 recomputation does not repeat make non-re-entrant checkpointing fail ("a different number of
-tensors was saved"), as seen on an H200. Cost: the two projections once more on the visual span,
-only when the q/k term is on. Under a re-entrant checkpoint around the whole layer call the
+tensors was saved"), as seen on an H200. Under DeepSpeed ZeRO-3 a module's weights are whole only
+inside the engine's forward, so there q/k are computed in the layer's output hook instead (a
+checkpoint around the whole layer call together with ZeRO-3 and the q/k term is not supported).
+Cost: the two projections once more on the visual span, only when the q/k term is on. Under a re-entrant checkpoint around the whole layer call the
 captured states have no graph; :class:`gasp_plugin.core.attach.GaspHandle` then refuses to train,
 naming the setting.
 
@@ -118,6 +120,8 @@ class VisualCapture:
                 self.states["hidden"][layer] = out.detach() if self.detach else out
             if "q" in self.kinds or "k" in self.kinds:
                 self._pending[layer] = self._inputs.pop(layer)  # q/k computed when read (module doc)
+                if _partitioned(self._decoder[layer][1]):
+                    self._store_qk()  # ZeRO-3 gathers a module's weights only inside the forward
 
         return hook
 
@@ -190,6 +194,12 @@ class VisualCapture:
         self._store_qk()
         x = self.states[kind][layer]
         return gather_span(x, positions, self.span[0])
+
+
+def _partitioned(module: nn.Module) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitions ``module``'s parameters (they are whole only while the
+    engine's forward runs the module)."""
+    return any(hasattr(p, "ds_id") for p in module.parameters())
 
 
 def span_index(positions: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:

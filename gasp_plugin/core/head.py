@@ -30,7 +30,6 @@ import logging
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gasp_plugin.core.config import GaspConfig
@@ -67,10 +66,16 @@ class CorrespondenceHead(nn.Module):
         self.fc2 = nn.Linear(hidden_mult * embed_dim, embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """In ``x``'s floating dtype (the parameters are cast, not the input; see the module doc)."""
-        dtype = x.dtype if x.is_floating_point() else self.fc1.weight.dtype
-        h = F.linear(x.to(dtype), self.fc1.weight.to(dtype), self.fc1.bias.to(dtype))
-        return F.linear(self.act(h), self.fc2.weight.to(dtype), self.fc2.bias.to(dtype))
+        """In ``x``'s floating dtype (the parameters are cast, not the input; see the module doc).
+
+        The layers are called as modules, so DeepSpeed ZeRO-3 gathers their partitioned weights
+        (it gathers a module's own parameters when that module runs); a half-precision input runs
+        them under autocast, which casts the fp32 weights instead of keeping an fp32 copy of ``x``."""
+        dtype = self.fc1.weight.dtype
+        if x.is_floating_point() and x.dtype in (torch.bfloat16, torch.float16) and x.dtype != dtype:
+            with torch.autocast(x.device.type, dtype=x.dtype):
+                return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x.to(dtype))))
 
 
 def _orthonormal(y: torch.Tensor, passes: int = 2) -> torch.Tensor:
