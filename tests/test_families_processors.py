@@ -78,3 +78,24 @@ def test_video_matches_the_video_processor(family, hw):
     assert full["pixel_values_videos"].shape == own["pixel_values_videos"].shape
     assert (full["pixel_values_videos"] - own["pixel_values_videos"]).abs().mean() < 0.05
     assert check_mapping(model, processor, adapter, hw, as_video=True, rounds=2) >= 4
+
+
+@pytest.mark.parametrize("model_type", list(FAMILIES))
+def test_checkpoint_saved_without_torchvision_loads_the_full_processor(model_type, tmp_path, monkeypatch):
+    """A tiny checkpoint written where torchvision is missing (processor parts, with the full
+    processor's settings and the video processor config) loads as the full processor here, and
+    expands images as the parts do."""
+    from gasp_plugin.models import tiny
+    from gasp_plugin.models.processing import load_processor
+
+    monkeypatch.setattr(tiny, "_torchvision", lambda: False)
+    size = FAMILIES[model_type]
+    path = tiny.save_tiny_model(model_type, tmp_path / "ckpt", image_size=size, num_layers=1)
+    model, parts = tiny.build_tiny_model(model_type, image_size=size, num_layers=1)
+    assert isinstance(parts, ProcessorParts)
+    full = load_processor(path)
+    assert not isinstance(full, ProcessorParts) and full.video_processor is not None
+    adapter = get_adapter(model)
+    frames = _frames((200, 300), 2)
+    assert torch.equal(adapter.build_frame_inputs(full, frames)["input_ids"],
+                       adapter.build_frame_inputs(parts, frames)["input_ids"])

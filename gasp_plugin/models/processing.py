@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,9 @@ class ProcessorParts:
         model_config: the config of the model these parts serve (read from the checkpoint's
             ``config.json`` by :meth:`from_pretrained`), or ``None``; adapters that expand media
             placeholders for the instruction data read their sizes from it.
+        processor_kwargs: the full processor's own settings (its ``processor_config.json`` beside
+            ``processor_class``, e.g. LLaVA's ``patch_size``), written back by :meth:`save_pretrained`
+            so that the full processor loads from the copy where torchvision is installed.
         video_processor_config: the checkpoint's video processor settings (its
             ``video_preprocessor_config.json``), or ``None``: kept so that a saved copy loads as
             the original did, and read by adapters that build video inputs without torchvision.
@@ -56,6 +59,7 @@ class ProcessorParts:
     processor_class: str = ""
     model_config: Any = None
     video_processor_config: dict | None = None
+    processor_kwargs: dict = field(default_factory=dict)
 
     def apply_chat_template(self, messages: list[dict], **kwargs) -> Any:
         """Render ``messages`` with the family's chat template (same call as a processor's)."""
@@ -74,7 +78,8 @@ class ProcessorParts:
         self.tokenizer.save_pretrained(out)
         if self.chat_template is not None:
             (out / _CHAT_TEMPLATE_FILE).write_text(self.chat_template)
-        (out / _PROCESSOR_FILE).write_text(json.dumps({"processor_class": self.processor_class}, indent=2))
+        (out / _PROCESSOR_FILE).write_text(json.dumps({"processor_class": self.processor_class,
+                                                       **self.processor_kwargs}, indent=2))
         if self.video_processor_config is not None:
             (out / _VIDEO_PROCESSOR_FILE).write_text(json.dumps(self.video_processor_config, indent=2))
         return out
@@ -89,7 +94,8 @@ class ProcessorParts:
         template_file = path / _CHAT_TEMPLATE_FILE
         template = template_file.read_text() if template_file.is_file() else None
         proc_file = path / _PROCESSOR_FILE
-        proc_class = json.loads(proc_file.read_text()).get("processor_class", "") if proc_file.is_file() else ""
+        saved = json.loads(proc_file.read_text()) if proc_file.is_file() else {}
+        proc_class = saved.pop("processor_class", "")
         video_file = path / _VIDEO_PROCESSOR_FILE
         return cls(
             image_processor=AutoImageProcessor.from_pretrained(path),
@@ -98,6 +104,7 @@ class ProcessorParts:
             processor_class=proc_class,
             model_config=AutoConfig.from_pretrained(path) if (path / "config.json").is_file() else None,
             video_processor_config=json.loads(video_file.read_text()) if video_file.is_file() else None,
+            processor_kwargs=saved,
         )
 
 

@@ -364,16 +364,16 @@ def _llava_next_video_processor(config, tokenizer, sizes: _Sizes):
     side = config.vision_config.image_size
     image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
                                                  image_grid_pinpoints=config.image_grid_pinpoints)
+    kwargs = {"patch_size": config.vision_config.patch_size, "num_additional_image_tokens": 1,  # CLIP's class token
+              "vision_feature_select_strategy": config.vision_feature_select_strategy}
     if not _torchvision():
         return ProcessorParts(image_processor, tokenizer, _LLAVA_VIDEO_TEMPLATE, "LlavaNextVideoProcessor", config,
-                              _saved(_llava_next_video_video_processor(config, sizes)))
+                              _saved(_llava_next_video_video_processor(config, sizes)), kwargs)
     from transformers import LlavaNextVideoProcessor
 
-    return LlavaNextVideoProcessor(
-        video_processor=_llava_next_video_video_processor(config, sizes), image_processor=image_processor,
-        tokenizer=tokenizer, chat_template=_LLAVA_VIDEO_TEMPLATE, patch_size=config.vision_config.patch_size,
-        vision_feature_select_strategy=config.vision_feature_select_strategy, num_additional_image_tokens=1,
-    )
+    return LlavaNextVideoProcessor(video_processor=_llava_next_video_video_processor(config, sizes),
+                                   image_processor=image_processor, tokenizer=tokenizer,
+                                   chat_template=_LLAVA_VIDEO_TEMPLATE, **kwargs)
 
 
 def _onevision_tokenizer():
@@ -417,17 +417,17 @@ def _onevision_processor(config, tokenizer, sizes: _Sizes):
     side = config.vision_config.image_size
     image_processor = LlavaOnevisionImageProcessorPil(size={"height": side, "width": side},
                                                       image_grid_pinpoints=config.image_grid_pinpoints)
+    n = side // config.vision_config.patch_size
+    kwargs = {"num_image_tokens": n * n, "vision_feature_select_strategy": config.vision_feature_select_strategy,
+              "vision_aspect_ratio": config.vision_aspect_ratio}
     if not _torchvision():
         return ProcessorParts(image_processor, tokenizer, _ONEVISION_TEMPLATE, "LlavaOnevisionProcessor", config,
-                              _saved(_onevision_video_processor(config, sizes)))
+                              _saved(_onevision_video_processor(config, sizes)), kwargs)
     from transformers import LlavaOnevisionProcessor
 
-    n = side // config.vision_config.patch_size
-    return LlavaOnevisionProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=_onevision_video_processor(config, sizes),
-        num_image_tokens=n * n, vision_feature_select_strategy=config.vision_feature_select_strategy,
-        chat_template=_ONEVISION_TEMPLATE, vision_aspect_ratio=config.vision_aspect_ratio,
-    )
+    return LlavaOnevisionProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                   video_processor=_onevision_video_processor(config, sizes),
+                                   chat_template=_ONEVISION_TEMPLATE, **kwargs)
 
 
 def _qwen3_mrope_section(head_dim: int) -> list[int]:
