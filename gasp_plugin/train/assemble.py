@@ -195,7 +195,8 @@ def geometry_examples(sampler, processor, adapter, max_tokens: int | None = None
     from gasp_plugin.train.interleave import NOTES_KEY
 
     def fit(clip, tracks, index: int):
-        per_frame = adapter.frame_layout(processor, clip.images.shape[1:3]).num_tokens
+        layout = adapter.video_frame_layout if adapter.geometry_as_video else adapter.frame_layout
+        per_frame = layout(processor, clip.images.shape[1:3]).num_tokens  # the form the example takes
         fits = frames_within_budget(per_frame, max_tokens)
         if fits >= len(clip.frame_ids):
             return clip, tracks
