@@ -15,11 +15,11 @@ Target: <= 15 s for 28 layers at hidden 3584 on 2 CPU cores. ``--json FILE`` wri
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
-from pathlib import Path
+
+from gasp_plugin.bench.report import load_average, write_json
 
 __all__ = ["add_arguments", "run", "TARGET_S"]
 
@@ -79,7 +79,7 @@ def run(args) -> int:
         exact.append(time.perf_counter() - t0)
         _, vh = top_singular(q, rows)
         energy.append(float((w @ vh.T.to(w.device)).pow(2).sum() / s[:rows].pow(2).sum()))
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load = load_average()
     record = {"attach_s": attach_s, "layers": args.layers, "hidden": args.hidden, "rows": rows,
               "dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
               "cpu_count": os.cpu_count(), "load_average": load, "target_s": TARGET_S,
@@ -101,7 +101,5 @@ def run(args) -> int:
         print(f"{'one layer init, s':28s}{record['randomized_layer_s']:12.2f}")
     verdict = "meets" if attach_s <= TARGET_S else "MISSES"
     print(f"target: attach_gasp <= {TARGET_S:.0f} s -> {verdict} ({attach_s:.1f} s)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, record)
     return 0

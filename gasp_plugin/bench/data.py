@@ -34,11 +34,12 @@ built from a config at the recipe's pixel budget (default recipe ``qwen2vl_gasp`
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from gasp_plugin.bench.report import load_average, write_json
 
 __all__ = ["add_arguments", "run", "time_stages", "loader_rate", "GASP_STAGES", "BASE_STAGES"]
 
@@ -256,10 +257,10 @@ def run(args) -> int:
                 print(f"loader: {workers} worker(s), {args.loader_clips} clips of {key} ...")
                 loader[str(workers)] = loader_rate(scenes[key], args.frames, processor, adapter, sampling, workers,
                                                    args.loader_clips)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_average()
     print(f"\n{args.frames}-frame clips, recipe {Path(recipe.source).stem} (grid {list(sampling.grid)}, keep "
           f"{sampling.keep}, max_pixels {recipe.model.max_pixels}), torch threads {torch.get_num_threads()}, "
-          f"median of {args.repeats}; load average {load:.2f} on {os.cpu_count()} cores")
+          f"median of {args.repeats}; load average {load} on {os.cpu_count()} cores")
     _print_stages(results)
     target = [(label, r) for label, r in results.items() if label == "960x540"]
     misses = [label for label, r in results.items() if r["ratio"] > 0.2]
@@ -275,11 +276,8 @@ def run(args) -> int:
         first = next(iter(loader.values()))["clips_per_s"]
         for workers, r in loader.items():
             print(f"{workers:>8s}{r['clips_per_s']:10.2f}{r['seconds']:10.1f}{r['clips_per_s'] / first:12.2f}")
-    if args.json:
-        record = {"sizes": results, "loader": {"size": args.loader_size, "clips": args.loader_clips,
-                                               "workers": loader},
-                  "frames": args.frames, "recipe": Path(recipe.source).stem, "threads": torch.get_num_threads(),
-                  "load_average": load, "cpu_count": os.cpu_count()}
-        Path(args.json).write_text(json.dumps(record, indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, {"sizes": results, "loader": {"size": args.loader_size, "clips": args.loader_clips,
+                                                        "workers": loader},
+                           "frames": args.frames, "recipe": Path(recipe.source).stem,
+                           "threads": torch.get_num_threads(), "load_average": load, "cpu_count": os.cpu_count()})
     return 0

@@ -22,11 +22,11 @@ tiny model (for a CPU smoke test of the script itself).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
-from pathlib import Path
+
+from gasp_plugin.bench.report import write_json
 
 __all__ = ["add_arguments", "run", "QWEN25_VL_7B"]
 
@@ -236,12 +236,11 @@ def run(args) -> int:
               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
               "torch": torch.__version__, "frames": args.frames, "size": args.size, "seq": seq,
               "visual_tokens": int((targets.token_positions >= 0).sum()), "lora_r": args.lora_r,
-              "layers": len(adapter.decoder_layers(model)), "build_s": build_s, "attach_s": attach_s, "attention_in_use": in_use, "results": results,
+              "layers": len(adapter.decoder_layers(model)), "build_s": build_s, "attach_s": attach_s,
+              "attention_in_use": in_use, "results": results,
               "total_s": time.perf_counter() - t_start}
     _print(record)
-    if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, record)
     return 0
 
 

@@ -26,10 +26,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
 import time
 from pathlib import Path
+
+from gasp_plugin.bench.report import load_average, write_json
 
 __all__ = ["add_arguments", "run", "VARIANTS", "TARGET"]
 
@@ -220,7 +221,7 @@ def run(args) -> int:
     record = {"args": vars(args), "dtype": str(dtype).replace("torch.", ""), "summary": summary,
               "seq": int(inputs["input_ids"].shape[1]), "target": TARGET,
               "memory_measure": "allocator peak" if args.device.startswith("cuda") else "params+grads+saved",
-              "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+              "load_average": load_average(),
               "torch_threads": torch.get_num_threads()}
     for name, extra in (("gasp", gasp_flops), ("qk", gasp_flops + qk_flops)):
         if name not in summary:
@@ -233,9 +234,7 @@ def run(args) -> int:
         record[f"{prefix}memory_ratio"] = summary[name]["peak_mb"] / plain["peak_mb"]
         record[f"{prefix}flop_floor"] = 1 + extra / model_flops
     _print(args, record, summary, model_flops, gasp_flops, qk_flops)
-    if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, record)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
