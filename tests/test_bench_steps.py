@@ -67,3 +67,18 @@ def test_gpu_check_refuses_cuda_without_a_device():
         pytest.skip("a CUDA device is present")
     with pytest.raises(ValueError, match="torch sees no CUDA device"):
         _run("gpu", [])
+
+
+def test_demo_bench_runs_the_demo_and_both_step_rates(tmp_path):
+    out = tmp_path / "bench.json"
+    small = ["model.tiny.image_size=112", "model.tiny.hidden_size=64", "model.tiny.num_layers=2",
+             "gasp.embed_dim=16", "training.max_steps=20", "data.geometry.synthetic.count=1",
+             "data.geometry.synthetic.config={height: 112, width: 112, num_frames: 12}",
+             "data.instruct.synthetic.count=4"]
+    assert _run("demo", ["--out", str(tmp_path / "work"), "--rate-steps", "16", "--warmup", "4", "--json", str(out),
+                         *small]) == 0
+    record = json.loads(out.read_text())
+    assert record["demo"]["seconds"] > 0 and set(record["demo"]["pck2"]) == {"qk", "hidden", "head"}
+    rates = record["rates"]
+    assert rates["alone_steps_per_s"] > 0 and rates["busy_steps_per_s"] > 0
+    assert rates["slowdown"] == pytest.approx(rates["alone_steps_per_s"] / rates["busy_steps_per_s"])

@@ -169,3 +169,17 @@ def test_short_demo_per_family(model_type, tmp_path):
     assert result["training"]["trained"]["counters"].get("skipped_samples", 0) == 0
     with pytest.raises(ValueError, match="--model-type 'gpt2': expected one of"):
         _model_type_overrides("gpt2")
+
+
+def test_demo_runs_one_torch_thread_and_renders_training_scenes_beside(demo):
+    """The demo's speed settings: one torch thread (restored after), the training scenes rendered
+    by a second process while the held-out scenes and the untrained probe run."""
+    import torch
+
+    out, result = demo
+    assert result["threads"] == 1 and torch.get_num_threads() >= 1
+    assert set(result["phases"]) == {"before_training_s", "waited_for_scenes_s"}
+    scenes = [p for p in (out / "train" / "data" / "scenes").iterdir() if (p / "scene.json").is_file()]
+    assert len(scenes) == 4
+    with pytest.raises(ValueError, match="threads"):
+        DemoConfig(threads=0)

@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "tracks": ("gasp_plugin.bench.tracks", "ground-truth track computation vs decoding the same clip"),
     "overhead": ("gasp_plugin.bench.overhead", "training-step cost of GASP vs plain fine-tuning"),
     "gpu": ("gasp_plugin.bench.gpu", "plain vs GASP training steps of Qwen2.5-VL-7B on 24-frame clips (CUDA)"),
+    "demo": ("gasp_plugin.bench.demo_speed", "gasp demo's wall time and PCK@2, and its step rate beside a busy process"),
     "attach": ("gasp_plugin.bench.attach", "attach_gasp time at 7B width, randomized vs full SVD init"),
     "data": ("gasp_plugin.bench.data", "per-stage cost of preparing a geometry clip vs decoding, and DataLoader clips/s"),
     "clips": ("gasp_plugin.bench.clips", "frames, tokens and supervised pairs per geometry clip, per recipe and grid"),
