@@ -200,3 +200,26 @@ def test_loss_makes_no_host_sync():
     assert isinstance(out.num_pairs, torch.Tensor) and out.num_pairs.dim() == 0
     real = GaspLoss()({0: (torch.randn(2, 5, 6), torch.randn(2, 3, 7, 6))}, tg)
     assert int(real.num_pairs) == int(tg.valid_pairs().sum()) and real.log_dict()["gasp/pairs"] == float(real.num_pairs)
+
+
+def test_backward_keeps_each_layers_inputs_not_its_logits():
+    """Per layer the loss saves only its embeddings for backward (the [b, t, p, n] logits and
+    softmaxes are recomputed), with the gradients of the plain computation."""
+    gen = torch.Generator().manual_seed(5)
+    tg = _random_targets(gen)
+    emb = {layer: (torch.randn(2, 5, 6, generator=gen, requires_grad=True),
+                   torch.randn(2, 3, 7, 6, generator=gen, requires_grad=True)) for layer in (0, 1)}
+    cfg = GaspConfig(qk_weight=0.5)
+    shapes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+        out = GaspLoss(cfg)(emb, tg, qk=emb)
+    assert (2, 3, 5, 7) not in shapes, shapes  # no logits-shaped tensor kept
+    grads = torch.autograd.grad(out.total, [t for pair in emb.values() for t in pair])
+    ref = 0.0
+    for anchor, target in emb.values():
+        corr, depth, _, _ = layer_losses(anchor, target, tg, tau=cfg.tau, eps=cfg.depth_eps)
+        qk, _, _, _ = layer_losses(anchor, target, tg, tau=cfg.tau, eps=cfg.depth_eps, with_depth=False)
+        ref = ref + (cfg.corr_weight * corr + cfg.depth_weight * depth + cfg.qk_weight * qk) / 2
+    torch.testing.assert_close(out.total, ref)
+    for got, want in zip(grads, torch.autograd.grad(ref, [t for pair in emb.values() for t in pair])):
+        torch.testing.assert_close(got, want)

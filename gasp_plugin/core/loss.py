@@ -17,7 +17,8 @@ For each supervised layer, with L2-normalised embeddings and ``s_ij = <a_i, z_j>
   with a known point depth.
 
 Both are computed in fp32 whatever the embedding dtype, averaged over layers, and weighted
-(``corr_weight``, ``depth_weight``). A batch with nothing to supervise gives an exact zero that is
+(``corr_weight``, ``depth_weight``). For backward, each layer keeps only its embeddings: its
+logits and softmaxes are recomputed from them (non-re-entrant activation checkpointing). A batch with nothing to supervise gives an exact zero that is
 still connected to every embedding (so all heads receive a gradient, as ZeRO requires).
 
 No host synchronisation: pair counts stay 0-dim tensors on the batch's device (a mean over no
@@ -193,6 +194,18 @@ def layer_losses(
     return corr, depth, m.num_pairs, m.num_depth_pairs
 
 
+def _recomputed(fn, anchor: torch.Tensor, target: torch.Tensor, with_depth: bool):
+    """``fn(anchor, target, with_depth)``; with autograd on, under non-re-entrant activation
+    checkpointing: backward keeps the layer's inputs only and recomputes its ``[b, t, p, n]``
+    logits and softmaxes (a few MB a layer in fp32 at the 7B operating point, about 1 GB over 28
+    layers) from them, for one more evaluation of the loss (under 0.5% of a 7B step)."""
+    if not (torch.is_grad_enabled() and (anchor.requires_grad or target.requires_grad)):
+        return fn(anchor, target, with_depth)
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(fn, anchor, target, with_depth, use_reentrant=False, preserve_rng_state=False)
+
+
 class GaspLoss:
     """InfoNCE + soft-argmax depth over per-layer embeddings; see the module docstring."""
 
@@ -219,9 +232,14 @@ class GaspLoss:
             raise ValueError("GaspLoss needs embeddings of at least one layer")
         cfg = self.config
         masks = PairMasks.of(targets)
+
+        def terms(anchor, target, with_depth):
+            return layer_losses(anchor, target, targets, tau=cfg.tau, eps=cfg.depth_eps, masks=masks,
+                                with_depth=with_depth)[:2]
+
         per_layer = {}
         for layer, (anchor, target) in embeddings.items():
-            corr, depth, _, _ = layer_losses(anchor, target, targets, tau=cfg.tau, eps=cfg.depth_eps, masks=masks)
+            corr, depth = _recomputed(terms, anchor, target, True)
             per_layer[layer] = {"corr": corr, "depth": depth}
         corr = torch.stack([v["corr"] for v in per_layer.values()]).mean()
         depth = torch.stack([v["depth"] for v in per_layer.values()]).mean()
@@ -229,9 +247,7 @@ class GaspLoss:
         qk_term = None
         if qk:
             for layer, (queries, keys) in qk.items():
-                per_layer.setdefault(layer, {})["qk"] = layer_losses(
-                    queries, keys, targets, tau=cfg.tau, eps=cfg.depth_eps, masks=masks, with_depth=False
-                )[0]
+                per_layer.setdefault(layer, {})["qk"] = _recomputed(terms, queries, keys, False)[0]
             qk_term = torch.stack([per_layer[l]["qk"] for l in qk]).mean()
             total = total + cfg.qk_weight * qk_term
         return GaspLossOutput(total, corr, depth, per_layer, masks.num_pairs, masks.num_depth_pairs, qk_term)
