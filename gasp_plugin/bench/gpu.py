@@ -16,7 +16,7 @@ On one H200, all of it is sized to finish well under 8 minutes (``--steps 3`` ti
 variant after one warm-up). ``--json FILE`` writes the figures. ``--tiny`` runs the same code on a
 tiny model (for a CPU smoke test of the script itself).
 
-    PYTHONPATH=$PWD python3 -m gasp_plugin.cli bench gpu --json gpu.json
+    PYTHONPATH=$PWD python3 -m gasp_plugin.bench.gpu --json gpu.json     # or: gasp bench gpu
 """
 
 from __future__ import annotations
@@ -264,3 +264,11 @@ def _print(record: dict) -> None:
             print(f"{label:20s}{name:8s}{r['step_s']:9.3f}{r['tokens_per_s']:11.0f}"
                   f"{peak if peak is not None else float('nan'):10.1f}{r['step_s'] / plain['step_s']:8.3f}{mem}")
     print(f"total {record['total_s']:.0f} s")
+
+
+if __name__ == "__main__":  # python3 -m gasp_plugin.bench.gpu: no other command's imports needed
+    import sys
+
+    _parser = argparse.ArgumentParser(prog="python3 -m gasp_plugin.bench.gpu", description=__doc__.splitlines()[0])
+    add_arguments(_parser)
+    sys.exit(run(_parser.parse_args()))
