@@ -38,6 +38,7 @@ __all__ = [
     "interleave",
     "TrainEvalCollator",
     "framework_budgets",
+    "with_length_budget",
     "trainer_class",
     "make_trainer",
 ]
@@ -287,6 +288,20 @@ def framework_budgets(processor, handle, gasp_args: GaspArguments, *, min_pixels
     if gasp_args.gasp_max_tokens is None and max_length:
         gasp_args.gasp_max_tokens = int(max_length)
     return geometry_processor
+
+
+def with_length_budget(gasp_args: GaspArguments, max_length, what: str) -> GaspArguments:
+    """``gasp_args`` with ``gasp_max_tokens`` = the framework's sequence length ``max_length``
+    (named ``what`` in messages) when only the latter is set; a copy, the input is left as is."""
+    import dataclasses
+
+    if gasp_args.gasp_max_tokens is not None or not max_length:
+        return gasp_args
+    if max_length < 64:
+        raise ValueError(f"{what}={max_length} is too short for a geometry clip; set gasp_max_tokens (>= 64) "
+                         f"or a larger {what}")
+    logger.info("GASP geometry clips use %s=%d as their token budget", what, max_length)
+    return dataclasses.replace(gasp_args, gasp_max_tokens=int(max_length))
 
 
 def trainer_class(base: type) -> type:

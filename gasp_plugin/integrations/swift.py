@@ -66,7 +66,7 @@ import os
 import sys
 import typing
 
-from gasp_plugin.integrations.common import GaspArguments, attach, interleave, trainer_class
+from gasp_plugin.integrations.common import GaspArguments, attach, interleave, trainer_class, with_length_budget
 
 __all__ = ["GaspArguments", "ENV_PREFIX", "TRACE_DIR_ENV", "PLUGIN_FILE", "register", "gasp_arguments_from_env",
            "check_template", "pixel_budget", "geometry_processor", "gasp_swift_trainer_class"]
@@ -244,16 +244,7 @@ def geometry_processor(template, adapter, environ: typing.Mapping[str, str] | No
 
 def _length_budget(gasp_args: GaspArguments, template) -> GaspArguments:
     """``gasp_args`` with ``gasp_max_tokens`` = ``--max_length`` when only the latter is set."""
-    import dataclasses
-
-    max_length = getattr(template, "max_length", None)
-    if gasp_args.gasp_max_tokens is not None or not max_length:
-        return gasp_args
-    if max_length < 64:
-        raise ValueError(f"--max_length {max_length} is too short for a geometry clip; set GASP_MAX_TOKENS (>= 64) "
-                         "or a larger --max_length")
-    logger.info("GASP geometry clips use --max_length %d as their token budget", max_length)
-    return dataclasses.replace(gasp_args, gasp_max_tokens=int(max_length))
+    return with_length_budget(gasp_args, getattr(template, "max_length", None), "--max_length")
 
 
 # ---- the trainer ------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ import functools
 import logging
 
 from gasp_plugin.constants import HEADS_ATTR
-from gasp_plugin.integrations.common import GaspArguments, attach, interleave
+from gasp_plugin.integrations.common import GaspArguments, attach, interleave, with_length_budget
 
 __all__ = ["GaspArguments", "GaspSFTTrainer", "check_sft_config", "gasp_sft_trainer_class", "make_sft_trainer"]
 
@@ -124,15 +124,8 @@ def _check_heads_not_adapted(handle, peft_config) -> None:
 
 
 def _length_budget(gasp_args: GaspArguments, args) -> GaspArguments:
-    """``gasp_args`` with ``gasp_max_tokens`` = SFTConfig ``max_length`` when only the latter is set."""
-    max_length = getattr(args, "max_length", None)
-    if gasp_args.gasp_max_tokens is not None or max_length is None:
-        return gasp_args
-    if max_length < 64:
-        raise ValueError(f"SFTConfig(max_length={max_length}) is too short for a geometry clip; set "
-                         "gasp_max_tokens (>= 64) or a larger max_length")
-    logger.info("GASP geometry clips use SFTConfig max_length=%d as their token budget", max_length)
-    return dataclasses.replace(gasp_args, gasp_max_tokens=int(max_length))
+    """``gasp_args`` with ``gasp_max_tokens`` = ``SFTConfig max_length`` when only the latter is set."""
+    return with_length_budget(gasp_args, getattr(args, "max_length", None), "SFTConfig max_length")
 
 
 @functools.cache
