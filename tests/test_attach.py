@@ -232,21 +232,28 @@ def test_checkpointing_of_either_kind_gives_the_unchecked_gradients(reentrant):
         torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def _checkpoint_whole_layer_calls(model, reentrant: bool) -> None:
+    """Wrap each decoder layer's whole ``__call__`` (hooks included) in a checkpoint, as older
+    transformers releases and some training repositories do."""
+    from torch.utils.checkpoint import checkpoint
+
+    for _, layer in get_adapter(model).decoder_layers(model):
+        base = type(layer)
+        layer.__class__ = type(f"Checkpointed{base.__name__}", (base,), {
+            "__call__": lambda self, *a, _base=base, **k: checkpoint(
+                lambda *x: _base.__call__(self, *x, **k), *a, use_reentrant=reentrant)})
+
+
 def test_a_checkpoint_around_the_whole_layer_call_is_an_error():
     """A wrapper that checkpoints a layer's ``__call__`` re-entrantly (hooks inside the checkpoint,
     as some training repositories did on older transformers) leaves the captured states without a
     graph: training stops at the first GASP loss, naming the setting to change."""
-    from torch.utils.checkpoint import checkpoint
 
     from gasp_plugin.core.attach import GaspGradientError
 
     model, processor = build_tiny_model("qwen2_vl", image_size=112)
     handle = attach_gasp(model, CFG)
-    for _, layer in get_adapter(model).decoder_layers(model):
-        base = type(layer)
-        layer.__class__ = type(f"Checkpointed{base.__name__}", (base,), {
-            "__call__": lambda self, *a, _base=base, **k: checkpoint(
-                lambda *x: _base.__call__(self, *x, **k), *a, use_reentrant=True)})
+    _checkpoint_whole_layer_calls(model, reentrant=True)
     model.train()
     inputs, targets = _inputs(model, processor)
     model(**inputs)
@@ -273,7 +280,6 @@ def test_a_non_reentrant_checkpoint_around_the_whole_layer_call_trains_the_qk_te
     checkpoint. Under non-re-entrant checkpointing, q/k computed inside the forward (but not in the
     recomputation) made backward fail with "a different number of tensors was saved" (seen on an
     H200); computed when read, after the forward, they train LoRA as without checkpointing."""
-    from torch.utils.checkpoint import checkpoint
 
     plain_out, plain = _gasp_grads(False)
     torch.manual_seed(0)
@@ -287,11 +293,7 @@ def test_a_non_reentrant_checkpoint_around_the_whole_layer_call_trains_the_qk_te
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.1)
     handle.ensure_trainable()
-    for _, layer in get_adapter(model).decoder_layers(model):
-        base = type(layer)
-        layer.__class__ = type(f"Checkpointed{base.__name__}", (base,), {
-            "__call__": lambda self, *a, _base=base, **k: checkpoint(
-                lambda *x: _base.__call__(self, *x, **k), *a, use_reentrant=False)})
+    _checkpoint_whole_layer_calls(model, reentrant=False)
     peft_model.train()
     inputs, targets = _inputs(model, processor)
     peft_model(**inputs)
