@@ -5,10 +5,11 @@ import os
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from gasp_plugin.core.capture import VisualCapture, gather_span  # noqa: E402
+from gasp_plugin.core.capture import ProjectedSpan, VisualCapture, gather_span, span_index  # noqa: E402
 from gasp_plugin.models.registry import get_adapter  # noqa: E402
 from gasp_plugin.models.tiny import build_tiny_model  # noqa: E402
 
@@ -40,7 +41,7 @@ def test_capture_matches_output_hidden_states(qwen):
     layer0 = adapter.decoder_layers(model)[0][1]
     q_ref = layer0.self_attn.q_proj(layer0.input_layernorm(out.hidden_states[0]))
     torch.testing.assert_close(q0, q_ref[0, pos[0]][None], rtol=1e-5, atol=1e-5)
-    assert states["k"][2].shape[-1] == layer0.self_attn.k_proj.out_features
+    assert states["k"][2].full().shape[-1] == layer0.self_attn.k_proj.out_features
     assert not cap.active
 
 
@@ -128,3 +129,27 @@ def test_gather_span_pads_and_checks():
     torch.testing.assert_close(out[1, 0], x[1, 1])
     with pytest.raises(ValueError, match="outside the captured visual span"):
         gather_span(x, torch.tensor([[9]]).expand(2, 1), 10)
+
+
+
+@pytest.mark.parametrize("rows", [[3, 0, -1], [5, 1, 2, 0, 4, -1]], ids=["few rows: projected", "most rows: span"])
+def test_projected_span_rows_match_the_projected_span(rows):
+    """q/k read at a few rows are projected from those input rows only (RMSNorm and the projection
+    act per row); at most rows the span is projected once: both equal the span's projection, with
+    zero rows at padding and gradients reaching the input at the rows read only."""
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+    torch.manual_seed(0)
+    base = torch.randn(1, 9, 8, requires_grad=True)
+    x = base[:, 1:7]  # a span view of a layer input: S = 6, starting at sequence position 10
+    norm, proj = Qwen2RMSNorm(8), nn.Linear(8, 5)  # with a bias: padding rows must still be zero
+    span = ProjectedSpan(x, norm, proj)
+    pos = torch.tensor([[r + 10 if r >= 0 else -1 for r in rows]])
+    out = span.rows(*span_index(pos, 10))
+    assert (span._full is None) == (2 * len(rows) <= 6)
+    ref = proj(norm(x))
+    for j, r in enumerate(rows):
+        torch.testing.assert_close(out[0, j], ref[0, r] if r >= 0 else torch.zeros(5))
+    out.sum().backward()
+    touched = sorted(int(i) - 1 for i in torch.nonzero(base.grad.abs().sum(-1)[0]).flatten())
+    assert touched == sorted(r for r in rows if r >= 0)

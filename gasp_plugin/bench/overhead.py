@@ -130,8 +130,8 @@ def _step(model, inputs, handle, targets, device):
 
 
 def _flops(model, inputs, targets, cfg, layers: int) -> tuple[float, float, float]:
-    """Forward FLOPs of the model, of heads + loss, and of the q/k term (the q/k projections
-    recomputed on the visual span + its loss); backward scales all alike."""
+    """Forward FLOPs of the model, of heads + loss, and of the q/k term (``q_proj`` recomputed at
+    the anchor points, ``k_proj`` on the visual span, and its loss); backward scales all alike."""
     text = model.config.get_text_config()
     d, seq = text.hidden_size, inputs["input_ids"].shape[1]
     llm = sum(p.numel() for n, p in model.named_parameters() if "language_model.layers" in n)
@@ -148,7 +148,8 @@ def _flops(model, inputs, targets, cfg, layers: int) -> tuple[float, float, floa
     head = 2 * span * (d * hid + hid * e)
     loss = 2 * 2 * b * t * p * n * e
     kv = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-    qk = 2 * span * d * (d + kv * d // text.num_attention_heads) + 2 * b * t * p * n * d
+    # q_proj at the anchor points only, k_proj over the span (core.capture.ProjectedSpan)
+    qk = 2 * b * p * d * d + 2 * span * d * (kv * d // text.num_attention_heads) + 2 * b * t * p * n * d
     return float(model_flops), float(layers * (head + loss)), float(layers * qk)
 
 

@@ -144,7 +144,6 @@ class GaspHandle:
         if not isinstance(targets, GaspTargets):
             raise TypeError(f"targets must be GaspTargets, got {type(targets).__name__}")
         states = self.capture.take()
-        self._check_gradient_path(states)
         start, mask = self.capture.span[0], self.capture.visual_mask
         targets = targets.to(mask.device)
         tp = targets.token_positions
@@ -163,6 +162,12 @@ class GaspHandle:
         target_pos = torch.where((targets.target_frames >= 0)[..., None], target_pos, -1)
         # every position is a visual token (checked above), so inside the captured span
         anchor_rows, target_rows = span_index(anchor_pos, start), span_index(target_pos, start)
+        # queries at the anchor points, keys at the target frames: only those rows are projected
+        read = {"q": anchor_rows, "k": target_rows}
+        for kind in ("q", "k"):
+            if kind in states:
+                states[kind] = {layer: span.rows(*read[kind]) for layer, span in states[kind].items()}
+        self._check_gradient_path(states)
         embeddings = {}
         for layer in self.layers:
             emb = self._embed(states["hidden"][layer], layer)  # [b, S, e]
@@ -171,8 +176,7 @@ class GaspHandle:
         if self.config.qk_weight > 0:
             heads, kv_heads = attention_heads(self.adapter.config)
             qk = {  # rows first: descriptors are per-row normalisations
-                layer: qk_descriptors(take_rows(states["q"][layer], *anchor_rows),
-                                      take_rows(states["k"][layer], *target_rows), heads, kv_heads)
+                layer: qk_descriptors(states["q"][layer], states["k"][layer], heads, kv_heads)
                 for layer in self.layers
             }
         return self.loss_fn(embeddings, targets, qk=qk)

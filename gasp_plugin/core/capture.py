@@ -11,17 +11,20 @@ inside it: transformers (5.x) checkpoints a layer's ``forward``, so hooks on the
 the checkpoint and see tensors with a graph under re-entrant and non-re-entrant checkpointing
 alike, while hooks on q_proj / k_proj would run inside it (under re-entrant checkpointing: no
 graph, so the q/k term would train nothing). So a pre-hook keeps the layer's *input* span, and
-``q_proj(input_layernorm(x))`` and ``k_proj(...)`` are computed on that span when the states are
-read (``take`` / ``gather``), after the forward, with the projections the layer holds then (a
-PEFT LoRA wrapper included). After, not in the hook: where a checkpoint wraps the whole layer
-call (transformers 5.17 does; hooks then run inside it), extra operations in the forward that its
-recomputation does not repeat make non-re-entrant checkpointing fail ("a different number of
-tensors was saved"), as seen on an H200. Under DeepSpeed ZeRO-3 a module's weights are whole only
-inside the engine's forward, so there q/k are computed in the layer's output hook instead (a
-checkpoint around the whole layer call together with ZeRO-3 and the q/k term is not supported).
-Cost: the two projections once more on the visual span, only when the q/k term is on. Under a re-entrant checkpoint around the whole layer call the
-captured states have no graph; :class:`gasp_plugin.core.attach.GaspHandle` then refuses to train,
-naming the setting.
+``q_proj(input_layernorm(x))`` and ``k_proj(...)`` are computed from it when the states are read
+(a :class:`ProjectedSpan`), after the forward, with the projections the layer holds then (a PEFT
+LoRA wrapper included), and only for the rows read: the q/k term reads queries at the anchor
+points only (``p`` rows, computed from those rows of the input) and keys at the target frames'
+tokens (most of the span: projected over the span, then rows taken). Its cost is thus
+``k_proj`` over the span plus ``q_proj`` over ``p`` rows, not both over the span. After the
+forward, not in the hook: where a checkpoint wraps the whole layer call (transformers 5.17 does;
+hooks then run inside it), extra operations in the forward that its recomputation does not repeat
+make non-re-entrant checkpointing fail ("a different number of tensors was saved"), as seen on an
+H200. Under DeepSpeed ZeRO-3 a module's weights are whole only inside the engine's forward, so
+there q/k are computed over the span in the layer's output hook instead (a checkpoint around the
+whole layer call together with ZeRO-3 and the q/k term is not supported). Under a re-entrant
+checkpoint around the whole layer call the captured states have no graph;
+:class:`gasp_plugin.core.attach.GaspHandle` then refuses to train, naming the setting.
 
 Capture is *armed* when the LLM's token embedding runs (its input_ids give the span) and
 *disarmed* when the LLM's final norm runs. Gradient checkpointing that re-runs decoder layers
@@ -32,7 +35,8 @@ Shape notation: ``b`` batch rows, ``L`` sequence length, ``S`` span length, ``d`
 
     with VisualCapture(model, adapter, layers=[0, 3], kinds=("hidden", "q", "k")) as cap:
         model(**inputs)
-    states = cap.take()            # {"hidden": {0: [b, S, d], 3: ...}, "q": ..., "k": ...}
+    states = cap.take()            # {"hidden": {0: [b, S, d], 3: ...}, "q": {0: ProjectedSpan}, "k": ...}
+    states["q"][0].full()          # [b, S, c]; .rows(*span_index(positions, start)) for some rows
     cap.span                       # (start, end) of the captured positions
 """
 
@@ -43,13 +47,46 @@ from typing import Iterable
 import torch
 from torch import nn
 
-__all__ = ["VisualCapture"]
+__all__ = ["ProjectedSpan", "VisualCapture", "gather_span", "select_rows", "span_index", "take_rows"]
 
 _KINDS = ("hidden", "q", "k")
 
 
 def _first(output):
     return output[0] if isinstance(output, (tuple, list)) else output
+
+
+class ProjectedSpan:
+    """One layer's ``q_proj`` or ``k_proj`` output over a captured span, computed when read.
+
+    ``x [b, S, d]`` is the layer's input span (``norm`` and ``proj`` given) or the projected span
+    itself (both ``None``: computed in the forward, as under ZeRO-3). :meth:`rows` projects only the
+    rows it is asked for when they are at most half the span (the rows of the input are taken
+    first: norm and projection act per row), else projects the span once and takes rows of the
+    result (a copy of most of the input span, kept for the norm's backward, would cost more memory
+    than the projection saves).
+    """
+
+    def __init__(self, x: torch.Tensor, norm=None, proj=None, detach: bool = False):
+        self.x, self.norm, self.proj, self.detach = x, norm, proj, detach
+        self._full: torch.Tensor | None = None if proj is not None else x
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.proj(self.norm(x))
+        return out.detach() if self.detach else out
+
+    def full(self) -> torch.Tensor:
+        """``[b, S, c]``: the projection of the whole span (computed once)."""
+        if self._full is None:
+            self._full = self._project(self.x)
+        return self._full
+
+    def rows(self, rel: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """Rows ``rel`` (from :func:`span_index`) -> ``[b, *idx, c]``, zero at padding."""
+        if self._full is None and 2 * rel.shape[1] <= self.x.shape[1]:
+            out = self._project(select_rows(self.x, rel))  # [b, K, c]
+            return out.reshape(*pad.shape, out.shape[-1]).masked_fill(pad.to(out.device)[..., None], 0.0)
+        return take_rows(self.full(), rel, pad)
 
 
 class VisualCapture:
@@ -121,22 +158,30 @@ class VisualCapture:
             if "q" in self.kinds or "k" in self.kinds:
                 self._pending[layer] = self._inputs.pop(layer)  # q/k computed when read (module doc)
                 if _partitioned(self._decoder[layer][1]):
-                    self._store_qk()  # ZeRO-3 gathers a module's weights only inside the forward
+                    self._store_qk_now()  # ZeRO-3 gathers a module's weights only inside the forward
 
         return hook
 
+    def _projected(self, layer: int, x: torch.Tensor) -> dict[str, ProjectedSpan]:
+        module = self._decoder[layer][1]
+        norm = self.adapter.attention_input_norm(module)
+        projections = dict(zip(("q", "k"), self.adapter.attention_projections(module)))
+        return {kind: ProjectedSpan(x, norm, projections[kind], self.detach) for kind in ("q", "k") if kind in self.kinds}
+
     def _store_qk(self) -> None:
-        """q_proj / k_proj outputs ``[b, S, ·]`` of each pending layer's normed input span, computed
-        after the forward: inside the forward a checkpoint around the whole layer call would see
-        operations its recomputation does not repeat (see module doc)."""
+        """q_proj / k_proj of each pending layer's input span, as :class:`ProjectedSpan` (computed
+        when read, after the forward: inside the forward a checkpoint around the whole layer call
+        would see operations its recomputation does not repeat; see module doc)."""
         for layer, x in self._pending.items():
-            module = self._decoder[layer][1]
-            normed = self.adapter.attention_input_norm(module)(x)
-            q, k = self.adapter.attention_projections(module)
-            for kind, proj in (("q", q), ("k", k)):
-                if kind in self.kinds:
-                    out = proj(normed)
-                    self.states[kind][layer] = out.detach() if self.detach else out
+            for kind, span in self._projected(layer, x).items():
+                self.states[kind][layer] = span
+        self._pending.clear()
+
+    def _store_qk_now(self) -> None:
+        """Under ZeRO-3 (weights whole only inside the forward): project the span in the hook."""
+        for layer, x in self._pending.items():
+            for kind, span in self._projected(layer, x).items():
+                self.states[kind][layer] = ProjectedSpan(span.full())
         self._pending.clear()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -171,8 +216,9 @@ class VisualCapture:
     def active(self) -> bool:
         return bool(self._handles)
 
-    def take(self) -> dict[str, dict[int, torch.Tensor]]:
-        """The states of the last forward (then forgotten). Raises if nothing was captured."""
+    def take(self) -> dict[str, dict[int, torch.Tensor | ProjectedSpan]]:
+        """The states of the last forward (then forgotten): tensors ``[b, S, d]`` for ``hidden``,
+        :class:`ProjectedSpan` for ``q`` / ``k``. Raises if nothing was captured."""
         self._store_qk()
         if self.span is None or not any(self.states.values()):
             raise RuntimeError(
@@ -193,6 +239,9 @@ class VisualCapture:
         """``[b, *idx, ·]`` states at sequence ``positions [b, *idx]`` (-1 -> zeros), without taking."""
         self._store_qk()
         x = self.states[kind][layer]
+        if isinstance(x, ProjectedSpan):
+            check_in_span(positions, self.span[0], x.x.shape[1])
+            return x.rows(*span_index(positions.to(x.x.device), self.span[0]))
         return gather_span(x, positions, self.span[0])
 
 
@@ -209,12 +258,26 @@ def span_index(positions: torch.Tensor, start: int) -> tuple[torch.Tensor, torch
     return (positions - start).clamp(min=0).reshape(positions.shape[0], -1), pad
 
 
+def select_rows(x: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+    """``[b, K, c]``: rows ``rel [b, K]`` of ``x [b, S, c]``, by ``index_select`` per batch row (its
+    backward keeps only the index, not ``x``; a row of a span view is contiguous, so nothing of
+    the span is copied)."""
+    rel = rel.to(x.device)
+    return torch.stack([x[i].index_select(0, rel[i]) for i in range(x.shape[0])])
+
+
 def take_rows(x: torch.Tensor, rel: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
     """Rows ``rel`` (from :func:`span_index`) of a span tensor ``x [b, S, c]`` -> ``[b, *idx, c]``,
     zero at padding. No range check: see :func:`gather_span`."""
-    c = x.shape[-1]
-    out = torch.gather(x, 1, rel.to(x.device)[..., None].expand(-1, -1, c)).reshape(*pad.shape, c)
+    out = select_rows(x, rel).reshape(*pad.shape, x.shape[-1])
     return out.masked_fill(pad.to(x.device)[..., None], 0.0)
+
+
+def check_in_span(positions: torch.Tensor, start: int, span: int) -> None:
+    """Raise unless every non-padding position lies in ``[start, start + span)`` (one host sync)."""
+    rel = positions - start
+    if bool(((rel < 0) | (rel >= span))[positions >= 0].any()):
+        raise ValueError(f"positions fall outside the captured visual span [{start}, {start + span})")
 
 
 def gather_span(x: torch.Tensor, positions: torch.Tensor, start: int) -> torch.Tensor:
@@ -223,8 +286,6 @@ def gather_span(x: torch.Tensor, positions: torch.Tensor, start: int) -> torch.T
     Padding positions (-1) give zero rows. Returns ``[b, *idx, c]``. Positions outside the span
     raise (one host sync); callers that know them to be visual tokens use :func:`take_rows`.
     """
-    span = x.shape[1]
-    rel = positions.to(x.device) - start
-    if bool(((rel < 0) | (rel >= span))[positions.to(x.device) >= 0].any()):
-        raise ValueError(f"positions fall outside the captured visual span [{start}, {start + span})")
-    return take_rows(x, *span_index(positions.to(x.device), start))
+    positions = positions.to(x.device)
+    check_in_span(positions, start, x.shape[1])
+    return take_rows(x, *span_index(positions, start))
