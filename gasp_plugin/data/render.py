@@ -118,13 +118,17 @@ def raycast(room: Room, origin, dirs):
 
 
 def _hash(ix, iy, iz, seed, channels: int) -> np.ndarray:
-    """Deterministic integer hash of lattice coordinates: ``[n, channels]`` floats in [0, 1)."""
-    u = np.uint64
+    """Deterministic integer hash of lattice coordinates: ``[n, channels]`` floats in [0, 1).
+
+    32-bit arithmetic (numpy's uint32 products wrap mod 2**32), bit for bit the same values as
+    the 64-bit products masked to 32 bits that generator version 1 computed, in about 2/3 of the
+    time."""
+    u = np.uint32
     h = (ix.astype(u) * u(73856093)) ^ (iy.astype(u) * u(19349663)) ^ (iz.astype(u) * u(83492791))
-    h = (h ^ (seed.astype(u) * u(668265261))) & u(0xFFFFFFFF)
-    h = h[:, None] ^ (np.arange(channels, dtype=u) * u(0x5BD1E995) & u(0xFFFFFFFF))
+    h = h ^ (seed.astype(u) * u(668265261))
+    h = h[:, None] ^ (np.arange(channels, dtype=u) * u(0x5BD1E995))
     for _ in range(2):
-        h = ((h ^ (h >> u(16))) * u(0x45D9F3B)) & u(0xFFFFFFFF)
+        h = (h ^ (h >> u(16))) * u(0x45D9F3B)
     h = h ^ (h >> u(16))
     return h.astype(np.float64) * (1.0 / float(1 << 32))
 

