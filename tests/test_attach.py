@@ -302,3 +302,16 @@ def test_a_non_reentrant_checkpoint_around_the_whole_layer_call_trains_the_qk_te
     assert grads.keys() == plain.keys()
     for name in plain:
         torch.testing.assert_close(grads[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_token_position_check_reads_the_host_only_on_the_cpu():
+    """On an accelerator the targets' position check is a device-side assertion: no host read of
+    the flag (a meta tensor, which cannot be read, stands in); on the CPU a clear ValueError."""
+    from gasp_plugin.core.attach import _check_without_sync
+
+    _check_without_sync(torch.tensor(False, device="meta"), "never read")
+    with pytest.raises(RuntimeError):
+        bool(torch.tensor(False, device="meta"))  # what a host read would do
+    _check_without_sync(torch.tensor(True), "fine")
+    with pytest.raises(ValueError, match="bad targets"):
+        _check_without_sync(torch.tensor(False), "bad targets")

@@ -150,8 +150,8 @@ class GaspHandle:
         if tp.shape[0] != mask.shape[0]:
             raise ValueError(f"targets are for {tp.shape[0]} rows but the forward had {mask.shape[0]}")
         ok = torch.gather(mask, 1, tp.clamp(min=0).reshape(tp.shape[0], -1)).reshape(tp.shape)
-        if not bool(ok[tp >= 0].all()):
-            raise ValueError("targets.token_positions point at non-visual tokens of the last forward's input_ids")
+        _check_without_sync((ok | (tp < 0)).all(),
+                            "targets.token_positions point at non-visual tokens of the last forward's input_ids")
         rows = torch.arange(tp.shape[0], device=tp.device)
         anchor_pos = tp[rows, targets.anchor_frame]  # [b, n]
         anchor_pos = torch.where(
@@ -208,6 +208,18 @@ class GaspHandle:
 
     def detach(self) -> nn.Module:
         return detach_gasp(self.model)
+
+
+def _check_without_sync(ok: torch.Tensor, message: str) -> None:
+    """Raise ``ValueError(message)`` unless the 0-d bool ``ok`` holds. On the CPU it is read at once;
+    on an accelerator it is a device-side assertion (``torch._assert_async``), so the step does not
+    wait for the device to read one flag: a failure surfaces at the next synchronisation, as a
+    RuntimeError carrying ``message``."""
+    if ok.device.type == "cpu":
+        if not bool(ok):
+            raise ValueError(message)
+    else:
+        torch._assert_async(ok, message)
 
 
 def attach_gasp(model: nn.Module, config: GaspConfig | None = None) -> GaspHandle:
