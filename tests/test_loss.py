@@ -218,7 +218,8 @@ def test_backward_keeps_each_layers_inputs_not_its_logits():
     ref = 0.0
     for anchor, target in emb.values():
         corr, depth, _, _ = layer_losses(anchor, target, tg, tau=cfg.tau, eps=cfg.depth_eps)
-        qk, _, _, _ = layer_losses(anchor, target, tg, tau=cfg.tau, eps=cfg.depth_eps, with_depth=False)
+        qk, _, _, _ = layer_losses(anchor, target, tg, tau=cfg.tau, eps=cfg.depth_eps, with_depth=False,
+                                    normalized=True)
         ref = ref + (cfg.corr_weight * corr + cfg.depth_weight * depth + cfg.qk_weight * qk) / 2
     torch.testing.assert_close(out.total, ref)
     for got, want in zip(grads, torch.autograd.grad(ref, [t for pair in emb.values() for t in pair])):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from gasp_plugin.core.config import GaspConfig
 from gasp_plugin.core.loss import GaspLoss, layer_losses
-from gasp_plugin.core.qk import qk_descriptors
+from gasp_plugin.core.qk import grouped_qk_descriptors, qk_descriptors
 from gasp_plugin.core.targets import GaspTargets
 
 
@@ -38,6 +38,26 @@ def test_qk_descriptor_dot_is_mean_head_cosine(hq, hkv):
             for n in range(7):
                 assert math.isclose(float(sims[i, j, n]), _mean_head_cosine(q[i, j], k[n], hq, hkv), abs_tol=1e-5)
     assert torch.allclose(a.norm(dim=-1), torch.ones(2, 3)) and torch.allclose(b.norm(dim=-1), torch.ones(7))
+
+
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (6, 2), (3, 1), (28, 4)])
+def test_grouped_qk_descriptors_give_the_same_similarities_in_fewer_dimensions(hq, hkv):
+    """Summing each group's normalised query heads instead of repeating key heads: the same mean
+    head cosine (against the naive loop), keys of norm 1, and the same q/k loss term as the
+    repeated-key descriptors of the probe."""
+    torch.manual_seed(1)
+    c = 5
+    q, k = torch.randn(2, 3, hq * c), torch.randn(2, 2, 9, hkv * c)
+    a, b = grouped_qk_descriptors(q, k, hq, hkv)
+    assert a.shape == (2, 3, hkv * c) and b.shape == (2, 2, 9, hkv * c)
+    assert torch.allclose(b.norm(dim=-1), torch.ones(2, 2, 9)) and bool((a.norm(dim=-1) <= 1 + 1e-6).all())
+    sims = torch.einsum("bpc,btnc->btpn", a, b)
+    for (i, t, j, n) in [(0, 0, 0, 0), (1, 1, 2, 8), (0, 1, 1, 4)]:
+        assert math.isclose(float(sims[i, t, j, n]), _mean_head_cosine(q[i, j], k[i, t, n], hq, hkv), abs_tol=1e-5)
+    targets = _targets(p=3)
+    full = layer_losses(*qk_descriptors(q, k, hq, hkv), targets, tau=0.07, eps=1e-6, with_depth=False)[0]
+    grouped = layer_losses(a, b, targets, tau=0.07, eps=1e-6, with_depth=False, normalized=True)[0]
+    torch.testing.assert_close(grouped, full, rtol=1e-5, atol=1e-6)
 
 
 def test_qk_descriptor_errors():
@@ -71,7 +91,8 @@ def test_qk_term_adds_weighted_infonce_on_descriptors():
     cfg = GaspConfig(qk_weight=0.5)
     with_qk = GaspLoss(cfg)(emb, targets, qk=qk)
     without = GaspLoss(cfg)(emb, targets)
-    expected_qk = sum(layer_losses(*qk[l], targets, tau=cfg.tau, eps=cfg.depth_eps)[0] for l in qk) / 2
+    expected_qk = sum(layer_losses(*qk[l], targets, tau=cfg.tau, eps=cfg.depth_eps, with_depth=False,
+                                   normalized=True)[0] for l in qk) / 2
     assert torch.allclose(with_qk.qk, expected_qk)
     assert torch.allclose(with_qk.total, without.total + 0.5 * expected_qk)
     assert without.qk is None and "gasp/qk" in with_qk.log_dict()

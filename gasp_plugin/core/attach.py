@@ -41,7 +41,7 @@ from gasp_plugin.constants import HEADS_ATTR
 from gasp_plugin.core.config import GaspConfig
 from gasp_plugin.core.head import GaspHeads, gathered_params
 from gasp_plugin.core.loss import GaspLoss, GaspLossOutput, connected_zero
-from gasp_plugin.core.qk import attention_heads, qk_descriptors
+from gasp_plugin.core.qk import attention_heads, grouped_qk_descriptors
 from gasp_plugin.core.targets import GaspTargets
 
 __all__ = ["GaspHandle", "GaspGradientError", "attach_gasp", "detach_gasp", "load_heads", "save_heads",
@@ -176,7 +176,7 @@ class GaspHandle:
         if self.config.qk_weight > 0:
             heads, kv_heads = attention_heads(self.adapter.config)
             qk = {  # rows first: descriptors are per-row normalisations
-                layer: qk_descriptors(states["q"][layer], states["k"][layer], heads, kv_heads)
+                layer: grouped_qk_descriptors(states["q"][layer], states["k"][layer], heads, kv_heads)
                 for layer in self.layers
             }
         return self.loss_fn(embeddings, targets, qk=qk)

@@ -147,6 +147,7 @@ def layer_losses(
     eps: float,
     masks: PairMasks | None = None,
     with_depth: bool = True,
+    normalized: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """Correspondence and depth terms of one layer.
 
@@ -157,6 +158,9 @@ def layer_losses(
         masks: ``PairMasks.of(targets)``, computed here when not given (pass it to share it
             across layers).
         with_depth: compute the depth term (else it is a connected zero).
+        normalized: the inputs are already descriptors whose dot product is the similarity (the
+            q/k term's :func:`gasp_plugin.core.qk.grouped_qk_descriptors`); else each embedding is
+            L2-normalised (cosine similarity).
 
     Returns:
         ``(corr, depth, num_pairs, num_depth_pairs)``; terms are fp32 scalars, counts 0-dim
@@ -171,8 +175,9 @@ def layer_losses(
     if p != targets.anchor_tokens.shape[1]:
         raise ValueError(f"anchor embeddings have {p} points, targets have {targets.anchor_tokens.shape[1]}")
     m = masks if masks is not None else PairMasks.of(targets)
-    a = F.normalize(anchor.float(), dim=-1)
-    z = F.normalize(target.float(), dim=-1)
+    a, z = anchor.float(), target.float()
+    if not normalized:
+        a, z = F.normalize(a, dim=-1), F.normalize(z, dim=-1)
     logits = torch.einsum("bpe,btne->btpn", a, z) / tau
     logits = logits.masked_fill(~m.token_mask[:, :, None, :], _MASKED)
     zero = connected_zero(anchor, target)
@@ -194,16 +199,16 @@ def layer_losses(
     return corr, depth, m.num_pairs, m.num_depth_pairs
 
 
-def _recomputed(fn, anchor: torch.Tensor, target: torch.Tensor, with_depth: bool):
-    """``fn(anchor, target, with_depth)``; with autograd on, under non-re-entrant activation
+def _recomputed(fn, anchor: torch.Tensor, target: torch.Tensor, is_qk: bool):
+    """``fn(anchor, target, is_qk)``; with autograd on, under non-re-entrant activation
     checkpointing: backward keeps the layer's inputs only and recomputes its ``[b, t, p, n]``
     logits and softmaxes (a few MB a layer in fp32 at the 7B operating point, about 1 GB over 28
     layers) from them, for one more evaluation of the loss (under 0.5% of a 7B step)."""
     if not (torch.is_grad_enabled() and (anchor.requires_grad or target.requires_grad)):
-        return fn(anchor, target, with_depth)
+        return fn(anchor, target, is_qk)
     from torch.utils.checkpoint import checkpoint
 
-    return checkpoint(fn, anchor, target, with_depth, use_reentrant=False, preserve_rng_state=False)
+    return checkpoint(fn, anchor, target, is_qk, use_reentrant=False, preserve_rng_state=False)
 
 
 class GaspLoss:
@@ -224,7 +229,8 @@ class GaspLoss:
             embeddings: ``{layer: (anchor [b, p, e], target [b, t, n, e])}`` head embeddings.
             targets: the batch's :class:`GaspTargets`.
             qk: optional ``{layer: (anchor queries [b, p, c], target keys [b, t, n, c])}``
-                descriptors (:func:`gasp_plugin.core.qk.qk_descriptors`) for the query/key
+                descriptors whose dot product is the similarity, used as they are (not
+                normalised again; :func:`gasp_plugin.core.qk.grouped_qk_descriptors`) for the query/key
                 alignment term, weighted by ``config.qk_weight``; its InfoNCE uses the same
                 positives and negatives as the correspondence term.
         """
@@ -233,13 +239,13 @@ class GaspLoss:
         cfg = self.config
         masks = PairMasks.of(targets)
 
-        def terms(anchor, target, with_depth):
+        def terms(anchor, target, is_qk):  # heads: cosine + depth; q/k: descriptors as they are, no depth
             return layer_losses(anchor, target, targets, tau=cfg.tau, eps=cfg.depth_eps, masks=masks,
-                                with_depth=with_depth)[:2]
+                                with_depth=not is_qk, normalized=is_qk)[:2]
 
         per_layer = {}
         for layer, (anchor, target) in embeddings.items():
-            corr, depth = _recomputed(terms, anchor, target, True)
+            corr, depth = _recomputed(terms, anchor, target, False)
             per_layer[layer] = {"corr": corr, "depth": depth}
         corr = torch.stack([v["corr"] for v in per_layer.values()]).mean()
         depth = torch.stack([v["depth"] for v in per_layer.values()]).mean()
@@ -247,7 +253,7 @@ class GaspLoss:
         qk_term = None
         if qk:
             for layer, (queries, keys) in qk.items():
-                per_layer.setdefault(layer, {})["qk"] = _recomputed(terms, queries, keys, False)[0]
+                per_layer.setdefault(layer, {})["qk"] = _recomputed(terms, queries, keys, True)[0]
             qk_term = torch.stack([per_layer[l]["qk"] for l in qk]).mean()
             total = total + cfg.qk_weight * qk_term
         return GaspLossOutput(total, corr, depth, per_layer, masks.num_pairs, masks.num_depth_pairs, qk_term)

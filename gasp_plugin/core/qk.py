@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["per_head_normalised", "qk_descriptors", "attention_heads"]
+__all__ = ["per_head_normalised", "qk_descriptors", "grouped_qk_descriptors", "attention_heads"]
 
 
 def attention_heads(config) -> tuple[int, int]:
@@ -58,3 +58,30 @@ def qk_descriptors(
     kh = kh.repeat_interleave(num_heads // num_kv_heads, dim=-2)  # [*b, hq, c]
     scale = 1.0 / math.sqrt(num_heads)
     return qh.flatten(-2) * scale, kh.flatten(-2) * scale
+
+
+def grouped_qk_descriptors(
+    q: torch.Tensor, k: torch.Tensor, num_heads: int, num_kv_heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same similarity as :func:`qk_descriptors`, in ``hkv * c`` dimensions instead of ``hq * c``.
+
+    The mean over query heads of ``cos(q_h, k_{h // g})`` equals the dot product of the sum of each
+    group's normalised query heads with its normalised key head, so the keys are never repeated:
+    at Qwen2.5-VL-7B's 28 query / 4 key heads the target descriptors and the logits' inner
+    dimension are 7x smaller (the loss keeps the target descriptors of every layer for backward).
+
+    Returns:
+        ``[*a, hkv * c]`` queries and ``[*b, hkv * c]`` keys, float32; each key has norm 1, a query
+        has norm <= 1 (1 when the heads of each group agree), so the similarity is their plain dot
+        product: do not normalise them again (``layer_losses(..., normalized=True)``).
+    """
+    if num_kv_heads < 1 or num_heads % num_kv_heads:
+        raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+    qh = per_head_normalised(q, num_heads)  # [*a, hq, c]
+    kh = per_head_normalised(k, num_kv_heads)  # [*b, hkv, c]
+    if qh.shape[-1] != kh.shape[-1]:
+        raise ValueError(f"query head dim {qh.shape[-1]} != key head dim {kh.shape[-1]}")
+    g = num_heads // num_kv_heads
+    grouped = qh.reshape(*qh.shape[:-2], num_kv_heads, g, qh.shape[-1]).sum(-2)  # [*a, hkv, c]
+    scale = math.sqrt(num_kv_heads)
+    return grouped.flatten(-2) * (scale / num_heads), kh.flatten(-2) / scale
