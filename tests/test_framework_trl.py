@@ -12,7 +12,7 @@ SFTTrainer's ``peft_config``.
 What the runs show: geometry steps log ``corr`` / ``depth`` and instruction steps SFTTrainer's own
 ``mean_token_accuracy`` / ``entropy``; every LoRA tensor of the LLM moved over the steps before the
 first instruction batch, i.e. under the GASP loss alone (with TRL's default checkpointing, with
-re-entrant checkpointing, and under DeepSpeed ZeRO-2 in 2 processes); the heads are saved beside
+re-entrant checkpointing, and under DeepSpeed ZeRO-2 and ZeRO-3 in 2 processes); the heads are saved beside
 an adapter that plain transformers + PEFT load to the trained model's logits.
 """
 
@@ -35,6 +35,7 @@ TIMEOUT = 600
 ZERO2 = {"train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto", "gradient_accumulation_steps": "auto",
          "gradient_clipping": "auto", "bf16": {"enabled": False}, "fp16": {"enabled": False},
          "zero_optimization": {"stage": 2}, "steps_per_print": 1000000000}
+ZERO3 = {**ZERO2, "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}}
 
 
 # ---- without TRL -------------------------------------------------------------------------------
@@ -121,7 +122,7 @@ def _run(trl_env, name: str, *args: str, processes: int = 1) -> dict:
 def _check_gasp_reached_the_llm(result: dict) -> None:
     assert result["geometry_prefix_steps"] >= 2 and result["llm_lora_tensors"] > 0
     assert len(result["llm_lora_moved_by_gasp_alone"]) == result["llm_lora_tensors"]
-    assert result["heads_moved"]
+    assert result["heads_moved"] and result["heads_shapes_equal"]
 
 
 def _check_saved(result: dict) -> None:
@@ -181,6 +182,22 @@ def test_deepspeed_zero2_two_processes(trl_env):
     config.write_text(json.dumps(ZERO2))
     result = _run(trl_env, "zero2", "--ratio", "0.5", "--max-steps", "6", "--deepspeed", str(config), processes=2)
     assert result["world_size"] == 2 and result["deepspeed_zero_stage"] == 2
+    geometry, instruct = _steps(result)
+    assert geometry and instruct and "mean_token_accuracy" in instruct[0]
+    _check_gasp_reached_the_llm(result)
+    _check_saved(result)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="DeepSpeed's CPU accelerator is checked on Linux")
+def test_deepspeed_zero3_two_processes(trl_env):
+    """ZeRO-3 (parameters sharded across the 2 processes, the heads too): GASP still moves every
+    LLM LoRA tensor on its own, the heads train and are saved whole, and the saved adapter loads
+    with plain PEFT to the trained model's logits."""
+    _, root, _, _ = trl_env
+    config = root / "zero3.json"
+    config.write_text(json.dumps(ZERO3))
+    result = _run(trl_env, "zero3", "--ratio", "0.5", "--max-steps", "6", "--deepspeed", str(config), processes=2)
+    assert result["world_size"] == 2 and result["deepspeed_zero_stage"] == 3
     geometry, instruct = _steps(result)
     assert geometry and instruct and "mean_token_accuracy" in instruct[0]
     _check_gasp_reached_the_llm(result)

@@ -62,8 +62,29 @@ def conversations(n: int, seed: int):
     return Dataset.from_list(rows)
 
 
+def gathered(params):
+    """Whole values of ``params`` inside the block: under DeepSpeed ZeRO-3 each rank holds a shard,
+    so every rank must enter (a collective); otherwise nothing to do."""
+    import contextlib
+
+    params = list(params)
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params)
+
+
 def llm_lora(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().float().clone() for n, p in model.named_parameters() if "lora_" in n and LLM_LORA in n}
+    named = [(n, p) for n, p in model.named_parameters() if "lora_" in n and LLM_LORA in n]
+    with gathered(p for _, p in named):
+        return {n: p.detach().float().clone() for n, p in named}
+
+
+def heads_state(trainer) -> dict[str, torch.Tensor]:
+    heads = trainer.gasp_handle.heads
+    with gathered(heads.parameters()):
+        return {k: v.detach().cpu().clone() for k, v in heads.state_dict().items()}
 
 
 class LoraWatch:
@@ -153,25 +174,29 @@ def main() -> None:
     refused = preflight(a.model, sft, dataset, gasp) if a.preflight else {}
     trainer = GaspSFTTrainer(model=model, args=SFTConfig(**sft, **checkpointing), train_dataset=dataset,
                              processing_class=processor, peft_config=lora, gasp_args=gasp)
-    heads_before = {k: v.clone() for k, v in trainer.gasp_handle.heads.state_dict().items()}
+    heads_before = heads_state(trainer)
     watch = LoraWatch(trainer)
     trainer.add_callback(watch.callback())
     built = time.monotonic()
     trainer.train()
     trained = time.monotonic()
     trainer.save_model(str(out))
+    batch = probe_batch(processor)
+    with torch.no_grad():  # every rank: under ZeRO-3 the forward gathers each layer's shards
+        expected = trainer.model.eval()(**batch).logits
+    heads_after = heads_state(trainer)
     if not trainer.is_world_process_zero():
         return
 
     from safetensors.torch import load_file
 
     adapter = load_file(str(out / "adapter_model.safetensors"))
-    batch = probe_batch(processor)
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()  # the plain load below is one process's, not a ZeRO-3 partitioned one
     with torch.no_grad():
-        expected = trainer.model.eval()(**batch).logits
         plain = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(a.model), str(out)).eval()
         got = plain(**batch).logits
-    heads_after = trainer.gasp_handle.heads.state_dict()
     result = {
         "log_history": trainer.state.log_history,
         "counters": dict(trainer.gasp_counters),
@@ -186,7 +211,8 @@ def main() -> None:
         "llm_lora_tensors": len(watch.before),
         "geometry_prefix_steps": watch.steps,  # optimizer steps before the first instruction batch
         "llm_lora_moved_by_gasp_alone": watch.moved,
-        "heads_moved": any(not torch.equal(heads_before[k], heads_after[k].cpu()) for k in heads_before),
+        "heads_moved": any(not torch.equal(heads_before[k], heads_after[k]) for k in heads_before),
+        "heads_shapes_equal": all(heads_before[k].shape == heads_after[k].shape for k in heads_before),
         "heads_file": (out / HEADS_FILE).is_file(),
         "heads_keys": sorted(load_file(str(out / HEADS_FILE))) if (out / HEADS_FILE).is_file() else [],
         "adapter_gasp_keys": sorted(k for k in adapter if "gasp" in k),
