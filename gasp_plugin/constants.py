@@ -4,7 +4,8 @@ This module imports nothing, so every layer (geometry, data, models, core, recip
 integrations) may read it.
 """
 
-__all__ = ["HEADS_ATTR", "HEADS_FILE", "RECIPE_FILE", "TINY_PREFIX", "IGNORE_INDEX", "TARGETS_KEY", "IMAGE_TOKEN_TYPE", "VIDEO_TOKEN_TYPE"]
+__all__ = ["HEADS_ATTR", "HEADS_FILE", "RECIPE_FILE", "TINY_PREFIX", "IGNORE_INDEX", "TARGETS_KEY", "IMAGE_TOKEN_TYPE", "VIDEO_TOKEN_TYPE",
+           "RECOMPUTE_MIN_ELEMENTS"]
 
 #: attribute of the model under which ``attach_gasp`` registers the heads (``model.gasp_heads``)
 HEADS_ATTR = "gasp_heads"
@@ -27,3 +28,9 @@ TARGETS_KEY = "gasp_targets"
 #: ``mm_token_type_ids`` values at image and video placeholder tokens (0 = text), as Qwen-VL's
 #: rope index reads them
 IMAGE_TOKEN_TYPE, VIDEO_TOKEN_TYPE = 1, 2
+
+#: the GASP loss recomputes a tensor in backward (a non-re-entrant checkpoint) instead of keeping
+#: it only when it has at least this many elements (1 MiB in fp32): below it, the checkpoint's own
+#: bookkeeping costs more time than the memory is worth (on the tiny demo model it was 13% of a
+#: training step); at the 7B operating point every such tensor is far above it
+RECOMPUTE_MIN_ELEMENTS = 1 << 18

@@ -132,13 +132,17 @@ def test_gather_span_pads_and_checks():
 
 
 
+@pytest.mark.parametrize("threshold", [0, 10**9], ids=["checkpointed", "kept"])
 @pytest.mark.parametrize("rows", [[3, 0, -1], [5, 1, 2, 0, 4, -1]], ids=["few rows: projected", "most rows: span"])
-def test_projected_span_rows_match_the_projected_span(rows):
+def test_projected_span_rows_match_the_projected_span(rows, threshold, monkeypatch):
     """q/k read at a few rows are projected from those input rows only (RMSNorm and the projection
     act per row); at most rows the span is projected once: both equal the span's projection, with
     zero rows at padding and gradients reaching the input at the rows read only."""
     from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
+    import gasp_plugin.core.capture as capture_module
+
+    monkeypatch.setattr(capture_module, "RECOMPUTE_MIN_ELEMENTS", threshold)  # norm + projection recomputed or not
     torch.manual_seed(0)
     base = torch.randn(1, 9, 8, requires_grad=True)
     x = base[:, 1:7]  # a span view of a layer input: S = 6, starting at sequence position 10

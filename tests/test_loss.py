@@ -202,9 +202,14 @@ def test_loss_makes_no_host_sync():
     assert int(real.num_pairs) == int(tg.valid_pairs().sum()) and real.log_dict()["gasp/pairs"] == float(real.num_pairs)
 
 
-def test_backward_keeps_each_layers_inputs_not_its_logits():
+@pytest.mark.parametrize("threshold", [0, 10**9], ids=["recomputed", "small logits kept"])
+def test_backward_keeps_each_layers_inputs_not_its_logits(monkeypatch, threshold):
     """Per layer the loss saves only its embeddings for backward (the [b, t, p, n] logits and
-    softmaxes are recomputed), with the gradients of the plain computation."""
+    softmaxes are recomputed) when the logits have RECOMPUTE_MIN_ELEMENTS elements or more, else
+    keeps them; the gradients are those of the plain computation either way."""
+    import gasp_plugin.core.loss as loss_module
+
+    monkeypatch.setattr(loss_module, "RECOMPUTE_MIN_ELEMENTS", threshold)
     gen = torch.Generator().manual_seed(5)
     tg = _random_targets(gen)
     emb = {layer: (torch.randn(2, 5, 6, generator=gen, requires_grad=True),
@@ -213,7 +218,7 @@ def test_backward_keeps_each_layers_inputs_not_its_logits():
     shapes = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
         out = GaspLoss(cfg)(emb, tg, qk=emb)
-    assert (2, 3, 5, 7) not in shapes, shapes  # no logits-shaped tensor kept
+    assert ((2, 3, 5, 7) in shapes) == (threshold > 0), shapes  # logits-shaped tensors kept or not
     grads = torch.autograd.grad(out.total, [t for pair in emb.values() for t in pair])
     ref = 0.0
     for anchor, target in emb.values():

@@ -48,6 +48,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from gasp_plugin.constants import RECOMPUTE_MIN_ELEMENTS
+
 __all__ = ["ProjectedSpan", "VisualCapture", "gather_span", "select_rows", "span_index", "take_rows"]
 
 _KINDS = ("hidden", "q", "k")
@@ -78,8 +80,9 @@ class ProjectedSpan:
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         """``proj(norm(x))``; with autograd on, under a non-re-entrant checkpoint: backward keeps
         ``x`` (a view of the layer input, kept anyway) and recomputes the norm (whose fp32 copy of
-        the span would otherwise live until backward, 88 MB a layer at 6k tokens and d = 3584)."""
-        if self.detach or not torch.is_grad_enabled():
+        the span would otherwise live until backward, 88 MB a layer at 6k tokens and d = 3584);
+        inputs under :data:`gasp_plugin.constants.RECOMPUTE_MIN_ELEMENTS` elements are not worth it."""
+        if self.detach or not torch.is_grad_enabled() or x.numel() < RECOMPUTE_MIN_ELEMENTS:
             with torch.no_grad() if self.detach else contextlib.nullcontext():
                 return self._apply(x)
         from torch.utils.checkpoint import checkpoint

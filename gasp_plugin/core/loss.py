@@ -48,6 +48,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
+from gasp_plugin.constants import RECOMPUTE_MIN_ELEMENTS
 from gasp_plugin.core.config import GaspConfig
 from gasp_plugin.core.targets import GaspTargets
 
@@ -203,8 +204,12 @@ def _recomputed(fn, anchor: torch.Tensor, target: torch.Tensor, is_qk: bool):
     """``fn(anchor, target, is_qk)``; with autograd on, under non-re-entrant activation
     checkpointing: backward keeps the layer's inputs only and recomputes its ``[b, t, p, n]``
     logits and softmaxes (a few MB a layer in fp32 at the 7B operating point, about 1 GB over 28
-    layers) from them, for one more evaluation of the loss (under 0.5% of a 7B step)."""
+    layers) from them, for one more evaluation of the loss (under 0.5% of a 7B step). Logits of
+    fewer than :data:`gasp_plugin.constants.RECOMPUTE_MIN_ELEMENTS` elements are kept instead."""
     if not (torch.is_grad_enabled() and (anchor.requires_grad or target.requires_grad)):
+        return fn(anchor, target, is_qk)
+    b, p = anchor.shape[:2]
+    if b * p * target.shape[1:3].numel() < RECOMPUTE_MIN_ELEMENTS:  # logits [b, t, p, n]
         return fn(anchor, target, is_qk)
     from torch.utils.checkpoint import checkpoint
 
