@@ -258,6 +258,9 @@ class TrainingRecipe:
     report_to: list[str] = field(default_factory=list)
     trace_data: bool = False  # write data_trace_rank{r}.jsonl: what each rank trained on, per step
     use_cpu: bool = False  # required for DeepSpeed on CPU-only machines
+    # torch threads when training on the CPU: null = torch's setting, an int, or "auto" = as many
+    # as the cores while that is faster than one, measured as training runs (train.threads)
+    cpu_threads: int | str | None = None
 
     def __post_init__(self):
         for name in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
@@ -273,6 +276,9 @@ class TrainingRecipe:
         if self.bf16 and self.fp16:
             raise _invalid("fp16", "bf16 and fp16 cannot both be true")
         _at_least("dataloader_num_workers", self.dataloader_num_workers, 0)
+        c = self.cpu_threads
+        if not (c is None or c == "auto" or (isinstance(c, int) and not isinstance(c, bool) and c >= 1)):
+            raise _invalid("cpu_threads", f"cpu_threads must be a positive integer, \"auto\" or null; got {c!r}")
 
 
 @dataclass

@@ -326,6 +326,11 @@ def build_run(recipe, *, deepspeed_json, progress) -> Run:
         processing_class=processor, gasp_handle=handle, head_lr_scale=t.head_lr_scale,
         trace_dir=str(output_dir / "trace") if t.trace_data else None,
     )
+    from gasp_plugin.train.threads import thread_callback
+
+    threads = thread_callback(t.cpu_threads, on_cpu=args.device.type == "cpu")
+    if threads is not None:
+        trainer.add_callback(threads)
     if progress:  # one short loss line per logging step instead of a dict of every term
         from transformers.trainer_callback import ProgressCallback
 
