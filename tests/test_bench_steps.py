@@ -82,3 +82,5 @@ def test_demo_bench_runs_the_demo_and_both_step_rates(tmp_path):
     rates = record["rates"]
     assert rates["alone_steps_per_s"] > 0 and rates["busy_steps_per_s"] > 0
     assert rates["slowdown"] == pytest.approx(rates["alone_steps_per_s"] / rates["busy_steps_per_s"])
+    for name in ("alone", "busy"):  # tiny_cpu's cpu_threads: auto: the governor ran every step
+        assert sum(rates[f"threads_{name}"]["steps_at_threads"].values()) == 16

@@ -5,9 +5,10 @@ training step rate of its recipe alone and beside one competing CPU-bound proces
    ``overrides`` are given): wall time (target <= 300 s on 2 cores) and the trained model's
    PCK@2 of ``qk``, ``hidden`` and ``head`` on the held-out synthetic scenes (target >= 0.85).
 2. The demo recipe's training (its model, scenes and instructions, reused from step 1) for
-   ``--rate-steps`` steps at ``--threads`` torch threads (the demo's default, 1), timed after
-   ``--warmup`` steps: alone, then with a busy-looping Python process started beside it (and
-   ended after). Target: the step rate falls by at most 3x.
+   ``--rate-steps`` steps, timed after ``--warmup`` steps: alone, then with a busy-looping Python
+   process started beside it (and ended after), with the recipe's ``training.cpu_threads``
+   (``auto``: the thread governor; what it chose is printed) or else ``--threads``. Target: the
+   step rate falls by at most 3x.
 
 Prints both side by side with the machine's load average; ``--json FILE`` writes the figures.
 """
@@ -80,8 +81,9 @@ class _Clock:
         return (self.last - self.warmup) / (self.end - self.start)
 
 
-def step_rate(demo_out: Path, out: Path, steps: int, warmup: int, overrides: list[str]) -> float:
-    """Steps/s of the demo recipe's training after ``warmup`` steps, reusing the demo's files."""
+def step_rate(demo_out: Path, out: Path, steps: int, warmup: int, overrides: list[str]) -> tuple[float, dict | None]:
+    """Steps/s of the demo recipe's training after ``warmup`` steps, reusing the demo's files, and
+    what its thread governor did (``training.cpu_threads: auto``; else ``None``)."""
     from gasp_plugin.recipe import load_recipe
     from gasp_plugin.train.assemble import build_run
 
@@ -98,7 +100,10 @@ def step_rate(demo_out: Path, out: Path, steps: int, warmup: int, overrides: lis
     clock = _Clock(warmup)
     trainer.add_callback(clock.callback)
     trainer.train()
-    return clock.rate
+    from gasp_plugin.train.threads import ThreadGovernor
+
+    governors = [c.summary() for c in trainer.callback_handler.callbacks if isinstance(c, ThreadGovernor)]
+    return clock.rate, (governors[0] if governors else None)
 
 
 def _busy_process() -> subprocess.Popen:
@@ -126,17 +131,20 @@ def run(args) -> int:
         logging.getLogger("gasp_plugin.train").setLevel(logging.WARNING)
         try:
             record["load_before_rates"] = load_average()
-            alone = step_rate(demo_out, root / "rate_alone", args.rate_steps, args.warmup, list(args.overrides))
+            alone, alone_threads = step_rate(demo_out, root / "rate_alone", args.rate_steps, args.warmup,
+                                             list(args.overrides))
             busy = _busy_process()
             try:
                 record["load_with_busy"] = load_average()
-                beside = step_rate(demo_out, root / "rate_busy", args.rate_steps, args.warmup, list(args.overrides))
+                beside, beside_threads = step_rate(demo_out, root / "rate_busy", args.rate_steps, args.warmup,
+                                                   list(args.overrides))
             finally:
                 busy.kill()
                 busy.wait()
         finally:
             torch.set_num_threads(threads)
-        record["rates"] = {"alone_steps_per_s": alone, "busy_steps_per_s": beside, "slowdown": alone / beside}
+        record["rates"] = {"alone_steps_per_s": alone, "busy_steps_per_s": beside, "slowdown": alone / beside,
+                           "threads_alone": alone_threads, "threads_busy": beside_threads}
         record["load_after"] = load_average()
     _print(record)
     write_json(args.json, record)
@@ -163,3 +171,8 @@ def _print(record: dict) -> None:
     print(f"{'steps/s beside one busy process':34s}{r['busy_steps_per_s']:10.2f}")
     print(f"{'slowdown (alone / beside)':34s}{r['slowdown']:10.2f}{'<= 3':>10s}  "
           f"{_verdict(r['slowdown'] <= TARGETS['slowdown'])}")
+    for name in ("alone", "busy"):
+        gov = r.get(f"threads_{name}")
+        if gov:
+            print(f"  cpu_threads: auto, {name}: steps at each thread count {gov['steps_at_threads']}, "
+                  f"{gov['fallbacks']} fallbacks to one thread")
