@@ -46,11 +46,12 @@ class DemoConfig:
         overrides: extra recipe overrides (``key.path=value``), applied to every run.
         overwrite: run even if ``out`` already holds a finished demo (its results are replaced;
             generated scenes whose config matches are reused).
-        threads: torch intra-op threads while the demo runs (``None``: torch's default, one per
-            core). 1 by default: the tiny model's operations are too small to share, and two
-            threads waiting on each other beside one busy process ran 30x slower (0.3 vs 9.1
-            steps/s measured); the second core renders the training scenes (in a second process)
-            and prepares clips (a DataLoader worker, ``training.dataloader_num_workers``).
+        threads: torch intra-op threads of the demo's probes (``None``: torch's default, one per
+            core). 1 by default: the training scenes render meanwhile in one more process per
+            core, and two threads waiting on each other beside a busy process ran 30x slower
+            (0.3 vs 9.1 steps/s measured). Training chooses its own with the recipe's
+            ``training.cpu_threads`` (tiny_cpu: ``auto``), beside a DataLoader worker that
+            prepares clips (``training.dataloader_num_workers``).
     """
 
     out: str = "outputs/demo"
@@ -111,34 +112,38 @@ def _heldout_scenes(cfg: DemoConfig, recipe) -> Path:
     return folder
 
 
-def _start_training_scenes(recipe):
-    """Render the training scenes in a second process (the demo's main process runs one torch
-    thread, so the other core is free meanwhile); ``None`` when there is nothing to make. The
-    training run then finds them (``generate_scenes`` reuses scenes whose config matches)."""
+def _start_training_scenes(recipe) -> list:
+    """Render the training scenes in one process per core (``[]`` when there is nothing to make):
+    while the main process probes the untrained model (one torch thread) they share the cores with
+    it, then have them to themselves. The training run then finds the scenes (``generate_scenes``
+    reuses scenes whose config matches)."""
     import multiprocessing
 
     from gasp_plugin.data.synthetic import generate_scenes
+    from gasp_plugin.train.threads import available_cores
 
     synth = recipe.data.geometry.synthetic
     if synth is None or synth.dir is None:
-        return None
-    print(f"rendering {synth.count} training scenes in a second process ...")
-    process = multiprocessing.get_context("spawn").Process(
-        target=generate_scenes, args=(synth.dir, synth.count, synth.seed, synth.config),
-        kwargs={"progress": False}, daemon=True)
-    process.start()
-    return process
+        return []
+    workers = max(1, min(available_cores(), synth.count))
+    print(f"rendering {synth.count} training scenes in {workers} more process(es) ...")
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=generate_scenes, args=(synth.dir, synth.count, synth.seed, synth.config),
+                                 kwargs={"progress": False, "only": range(i, synth.count, workers)}, daemon=True)
+                 for i in range(workers)]
+    for process in processes:
+        process.start()
+    return processes
 
 
-def _join(process) -> float:
-    """Wait for the scene process; seconds waited."""
-    if process is None:
-        return 0.0
+def _join(processes: list) -> float:
+    """Wait for the scene processes; seconds waited."""
     t0 = time.perf_counter()
-    process.join()
-    if process.exitcode != 0:
-        raise RuntimeError(f"rendering the training scenes failed (exit code {process.exitcode}); "
-                           "run `gasp train --recipe tiny_cpu` to see the error")
+    for process in processes:
+        process.join()
+        if process.exitcode != 0:
+            raise RuntimeError(f"rendering the training scenes failed (exit code {process.exitcode}); "
+                               "run `gasp train --recipe tiny_cpu` to see the error")
     return time.perf_counter() - t0
 
 
@@ -242,7 +247,7 @@ def _run_demo(cfg: DemoConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     recipe = _recipe(cfg, "train", [])
     phases = {}
-    scenes_process = _start_training_scenes(recipe)
+    scene_processes = _start_training_scenes(recipe)
     heldout = _heldout_scenes(cfg, recipe)
     scene_sets = {"synthetic": open_scenes([heldout])}
     if cfg.real:
@@ -254,7 +259,7 @@ def _run_demo(cfg: DemoConfig) -> dict:
     base = resolve_model_path(recipe, Path(recipe.training.output_dir), True)
     reports = {"untrained": _probe(base, sets, cfg, "untrained")}
     phases["before_training_s"] = round(time.perf_counter() - t0, 1)
-    phases["waited_for_scenes_s"] = round(_join(scenes_process), 1)
+    phases["waited_for_scenes_s"] = round(_join(scene_processes), 1)
     runs = {"trained": _train(recipe)}
     reports["trained"] = _probe(runs["trained"]["output_dir"], sets, cfg, "trained")
     if cfg.corr_only:

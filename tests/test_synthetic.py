@@ -189,6 +189,22 @@ def test_generate_scenes_is_deterministic_and_reuses(tmp_path):
         generate_scenes(tmp_path, count=0)
 
 
+def test_generate_scenes_split_across_processes_makes_the_same_scenes(tmp_path):
+    """``only``: each of two processes (as the demo runs them) makes every other scene; together
+    they write exactly the scenes one call makes, byte for byte."""
+    cfg = SyntheticSceneConfig(height=32, width=32, num_frames=2)
+    whole = generate_scenes(tmp_path / "one", count=3, seed=5, config=cfg, progress=False)
+    halves = [generate_scenes(tmp_path / "two", count=3, seed=5, config=cfg, progress=False, only=range(i, 3, 2))
+              for i in range(2)]
+    assert [p.name for p in halves[0]] == ["synthetic-5-000", "synthetic-5-002"]
+    assert sorted(p.name for h in halves for p in h) == [p.name for p in whole]
+    for p in whole:
+        for f in sorted(x.relative_to(p) for x in p.rglob("*") if x.is_file()):
+            assert (p / f).read_bytes() == (tmp_path / "two" / p.name / f).read_bytes(), f
+    with pytest.raises(ValueError, match=r"indices \[3\] are outside range\(3\)"):
+        generate_scenes(tmp_path, count=3, only=[3])
+
+
 def test_texture_hash_matches_a_64_bit_reference():
     """The 32-bit lattice hash gives bit for bit what 64-bit products masked to 32 bits give (the
     generator's texture, so scenes written before stay valid), negative coordinates included."""

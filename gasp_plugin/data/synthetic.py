@@ -22,6 +22,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -286,17 +287,23 @@ def write_scene(scene: Scene, folder: str | Path, extra: dict | None = None) -> 
 
 
 def generate_scenes(out_dir: str | Path, count: int, seed: int = 0,
-                    config: SyntheticSceneConfig | None = None, progress: bool = True) -> list[Path]:
+                    config: SyntheticSceneConfig | None = None, progress: bool = True,
+                    only: Iterable[int] | None = None) -> list[Path]:
     """Write ``count`` scenes ``out_dir/synthetic-{seed}-{k:03d}`` (scene seeds derived from
     ``(seed, k)``). A folder whose ``scene.json`` records the same config, seed and generator
-    version is reused, so repeated calls are cheap."""
+    version is reused, so repeated calls are cheap. ``only``: make and return just the scenes of
+    these indices ``k`` (e.g. ``range(0, count, 2)`` and ``range(1, count, 2)`` in two processes)."""
     from tqdm.auto import tqdm
 
     cfg = config or SyntheticSceneConfig()
     if not isinstance(count, int) or count < 1:
         raise ValueError(f"generate_scenes: count must be a positive integer, got {count!r}")
+    indices = range(count) if only is None else sorted(set(only))
+    bad = [k for k in indices if not 0 <= k < count]
+    if bad:
+        raise ValueError(f"generate_scenes: indices {bad} are outside range({count})")
     out = []
-    for k in tqdm(range(count), desc="synthetic scenes", disable=not progress):
+    for k in tqdm(indices, desc="synthetic scenes", disable=not progress):
         scene_seed = int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
         record = {"generator_version": GENERATOR_VERSION, "seed": scene_seed, "config": asdict(cfg)}
         folder = Path(out_dir) / f"synthetic-{seed}-{k:03d}"
