@@ -175,29 +175,16 @@ def test_gasp_alone_trains_the_llm_under_reentrant_checkpointing(trl_env):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="DeepSpeed's CPU accelerator is checked on Linux")
-def test_deepspeed_zero2_two_processes(trl_env):
-    """SFTConfig(deepspeed=zero2.json, use_cpu=True) under torchrun, 2 processes (gloo)."""
+@pytest.mark.parametrize("stage,config", [(2, ZERO2), (3, ZERO3)], ids=["zero2", "zero3"])
+def test_deepspeed_two_processes(trl_env, stage, config):
+    """SFTConfig(deepspeed=..., use_cpu=True) under torchrun, 2 processes (gloo). ZeRO-3 shards the
+    parameters (the heads too): GASP still moves every LLM LoRA tensor on its own, the heads train
+    and are saved whole, and the saved adapter loads with plain PEFT to the trained logits."""
     _, root, _, _ = trl_env
-    config = root / "zero2.json"
-    config.write_text(json.dumps(ZERO2))
-    result = _run(trl_env, "zero2", "--ratio", "0.5", "--max-steps", "6", "--deepspeed", str(config), processes=2)
-    assert result["world_size"] == 2 and result["deepspeed_zero_stage"] == 2
-    geometry, instruct = _steps(result)
-    assert geometry and instruct and "mean_token_accuracy" in instruct[0]
-    _check_gasp_reached_the_llm(result)
-    _check_saved(result)
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="DeepSpeed's CPU accelerator is checked on Linux")
-def test_deepspeed_zero3_two_processes(trl_env):
-    """ZeRO-3 (parameters sharded across the 2 processes, the heads too): GASP still moves every
-    LLM LoRA tensor on its own, the heads train and are saved whole, and the saved adapter loads
-    with plain PEFT to the trained model's logits."""
-    _, root, _, _ = trl_env
-    config = root / "zero3.json"
-    config.write_text(json.dumps(ZERO3))
-    result = _run(trl_env, "zero3", "--ratio", "0.5", "--max-steps", "6", "--deepspeed", str(config), processes=2)
-    assert result["world_size"] == 2 and result["deepspeed_zero_stage"] == 3
+    path = root / f"zero{stage}.json"
+    path.write_text(json.dumps(config))
+    result = _run(trl_env, f"zero{stage}", "--ratio", "0.5", "--max-steps", "6", "--deepspeed", str(path), processes=2)
+    assert result["world_size"] == 2 and result["deepspeed_zero_stage"] == stage
     geometry, instruct = _steps(result)
     assert geometry and instruct and "mean_token_accuracy" in instruct[0]
     _check_gasp_reached_the_llm(result)

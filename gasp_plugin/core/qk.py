@@ -35,6 +35,16 @@ def per_head_normalised(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return F.normalize(x.float().reshape(*x.shape[:-1], num_heads, -1), dim=-1)
 
 
+def _heads(q: torch.Tensor, k: torch.Tensor, num_heads: int, num_kv_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([*a, hq, c], [*b, hkv, c])``: per-head normalised queries and keys, shapes checked."""
+    if num_kv_heads < 1 or num_heads % num_kv_heads:
+        raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+    qh, kh = per_head_normalised(q, num_heads), per_head_normalised(k, num_kv_heads)
+    if qh.shape[-1] != kh.shape[-1]:
+        raise ValueError(f"query head dim {qh.shape[-1]} != key head dim {kh.shape[-1]}")
+    return qh, kh
+
+
 def qk_descriptors(
     q: torch.Tensor, k: torch.Tensor, num_heads: int, num_kv_heads: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,12 +59,7 @@ def qk_descriptors(
         ``[*a, hq * c]`` and ``[*b, hq * c]`` float32 descriptors whose dot product is the mean
         over query heads of ``cos(q_h, k_{h // g})`` (each descriptor has norm 1).
     """
-    if num_kv_heads < 1 or num_heads % num_kv_heads:
-        raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
-    qh = per_head_normalised(q, num_heads)  # [*a, hq, c]
-    kh = per_head_normalised(k, num_kv_heads)  # [*b, hkv, c]
-    if qh.shape[-1] != kh.shape[-1]:
-        raise ValueError(f"query head dim {qh.shape[-1]} != key head dim {kh.shape[-1]}")
+    qh, kh = _heads(q, k, num_heads, num_kv_heads)
     kh = kh.repeat_interleave(num_heads // num_kv_heads, dim=-2)  # [*b, hq, c]
     scale = 1.0 / math.sqrt(num_heads)
     return qh.flatten(-2) * scale, kh.flatten(-2) * scale
@@ -75,12 +80,7 @@ def grouped_qk_descriptors(
         has norm <= 1 (1 when the heads of each group agree), so the similarity is their plain dot
         product: do not normalise them again (``layer_losses(..., normalized=True)``).
     """
-    if num_kv_heads < 1 or num_heads % num_kv_heads:
-        raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
-    qh = per_head_normalised(q, num_heads)  # [*a, hq, c]
-    kh = per_head_normalised(k, num_kv_heads)  # [*b, hkv, c]
-    if qh.shape[-1] != kh.shape[-1]:
-        raise ValueError(f"query head dim {qh.shape[-1]} != key head dim {kh.shape[-1]}")
+    qh, kh = _heads(q, k, num_heads, num_kv_heads)
     g = num_heads // num_kv_heads
     grouped = qh.reshape(*qh.shape[:-2], num_kv_heads, g, qh.shape[-1]).sum(-2)  # [*a, hkv, c]
     scale = math.sqrt(num_kv_heads)
