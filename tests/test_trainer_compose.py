@@ -108,6 +108,30 @@ def test_compute_loss_func_is_kept(setup):
     assert seen and torch.isfinite(loss)
 
 
+@pytest.mark.parametrize("loss_func,explicit,expected", [
+    (None, None, 1.0),  # the Trainer divides the summed loss by the accumulation steps itself
+    ("halved", None, 1 / 4),  # it does not (compute_loss_func): the GASP terms are divided here
+    (None, True, 1 / 4), ("halved", False, 1.0),  # a framework's explicit loss_is_scaled_for_ga wins
+])
+def test_gasp_terms_stay_a_mean_over_accumulated_micro_batches(setup, tmp_path, loss_func, explicit, expected):
+    model, processor, handle, _ = setup
+    args = TrainingArguments(output_dir=str(tmp_path), gradient_accumulation_steps=4, report_to="none",
+                             use_cpu=True, disable_tqdm=True)
+    func = (lambda outputs, labels, num_items_in_batch=None: outputs.loss) if loss_func else None
+    trainer = trainer_class(Trainer)(model=model, args=args, gasp_handle=handle, compute_loss_func=func)
+    if explicit is not None:
+        trainer.loss_is_scaled_for_ga = explicit
+    assert trainer._gasp_scale(num_items_in_batch=None) == pytest.approx(expected)
+    _, geometry = _batches(model, processor)
+    model.train()
+    loss = trainer.compute_loss(model, dict(geometry))  # no labels: the loss is the GASP total alone
+    model(**{k: v for k, v in geometry.items() if not k.startswith("gasp_")})
+    with torch.no_grad():
+        total = handle.compute_loss(geometry["gasp_targets"]).total
+    torch.testing.assert_close(loss.detach(), expected * total)
+    assert trainer._reduced_means()["corr"] > 0  # logged unscaled
+
+
 def test_create_optimizer_delegates_and_adds_the_heads_group(setup):
     model, processor, handle, args = setup
     trainer = trainer_class(PatchedOptimizer)(model=model, args=args, gasp_handle=handle, head_lr_scale=SCALE)

@@ -14,7 +14,9 @@ of ``create_optimizer``) still happens:
 Batch metadata (:data:`gasp_plugin.train.interleave.META_KEYS` and the GASP targets) comes from
 :class:`gasp_plugin.train.interleave.InterleavedCollator` and is popped before the parent sees the
 batch. ``model_accepts_loss_kwargs`` is set False: the LM loss and the GASP terms are both
-per-micro-batch means, and the Trainer divides each by the accumulation steps.
+per-micro-batch means, and the Trainer divides each by the accumulation steps. Where the Trainer
+does not divide (a ``compute_loss_func``, e.g. ms-swift's ``--loss_type``, normalises the LM loss
+over the accumulated batch), the GASP terms are divided by the accumulation steps here instead.
 
 Logging: ``lm``, ``corr``, ``depth`` and per-layer terms are accumulated as detached tensors on
 the device and reduced across ranks only at logging steps (no extra synchronisation per step).
@@ -122,7 +124,7 @@ class GaspTrainerMixin:
         gasp_out = None
         if geometry:
             gasp_out = self.gasp_handle.compute_loss(meta[TARGETS_KEY].to(self.args.device))
-            extra = gasp_out.total
+            extra = gasp_out.total * self._gasp_scale(num_items_in_batch)
         else:
             extra = self.gasp_handle.zero_loss()
         loss, lm_ok, gasp_ok = self._finite_loss(lm, extra)
@@ -130,6 +132,20 @@ class GaspTrainerMixin:
         if loss is None:
             loss = self._skip_loss(model)
         return (loss, outputs) if return_outputs else loss
+
+    def _gasp_scale(self, num_items_in_batch) -> float:
+        """1, or ``1 / accumulation steps`` where the Trainer will not divide the loss by them
+        itself: a loss already normalised over the accumulated batch (by ``num_items_in_batch`` in
+        the model, or a ``compute_loss_func`` such as ms-swift's ``--loss_type``). The GASP terms
+        are per-micro-batch means, so either way they contribute their mean over the micro-batches
+        (the condition is transformers' own, ``Trainer.training_step``)."""
+        explicit = getattr(self, "loss_is_scaled_for_ga", None)
+        if explicit is None:
+            explicit = ((self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+                        or getattr(self, "compute_loss_func", None) is not None)
+        if not explicit:
+            return 1.0
+        return 1.0 / getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
 
     def _finite_loss(self, lm, extra):
         """``(loss, lm_ok, gasp_ok)``: ``lm + extra`` if finite; ``lm + heads*0`` if only this rank's
