@@ -192,10 +192,12 @@ class VisualCapture:
         self._pending.clear()
 
     def _store_qk_now(self) -> None:
-        """Under ZeRO-3 (weights whole only inside the forward): project the span in the hook."""
+        """Under ZeRO-3 (weights whole only inside the forward): project the span in the hook, with
+        no recompute-in-backward checkpoint (the weights would be partitioned again by then)."""
         for layer, x in self._pending.items():
             for kind, span in self._projected(layer, x).items():
-                self.states[kind][layer] = ProjectedSpan(span.full())
+                with torch.no_grad() if self.detach else contextlib.nullcontext():
+                    self.states[kind][layer] = ProjectedSpan(span._apply(x))
         self._pending.clear()
 
     # -- lifecycle -----------------------------------------------------------------------------
