@@ -19,6 +19,7 @@ So a competing process costs one slow step per ``every`` steps, not ``every`` sl
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from collections import Counter
@@ -27,6 +28,8 @@ from typing import Callable
 from transformers import TrainerCallback
 
 __all__ = ["FixedThreads", "ThreadGovernor", "thread_callback"]
+
+logger = logging.getLogger("gasp_plugin.train")
 
 
 def available_cores() -> int:
@@ -62,7 +65,7 @@ class ThreadGovernor(TrainerCallback):
             raise ValueError("ThreadGovernor: need every > 2 * probe_steps >= 2, slow > 1, max_threads >= 1")
         self.every, self.probe_steps, self.slow, self.warmup = every, probe_steps, slow, warmup
         self.clock, self.set_threads = clock, set_threads or torch.set_num_threads
-        self._restore = torch.get_num_threads()
+        self._restore: int | None = None  # torch's setting when training began
         self.threads = self.max_threads
         self.steps_at: Counter = Counter()  # threads -> steps run at that setting
         self.fallbacks = 0  # runs at many threads cut short by a slow step
@@ -111,6 +114,9 @@ class ThreadGovernor(TrainerCallback):
 
     # -- trainer callback ------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
+        import torch
+
+        self._restore = torch.get_num_threads()
         self.threads = None
         self._use(1 if self.max_threads > 1 else self.max_threads)
         self._step, self._phase_start = 0, self.warmup
@@ -125,11 +131,10 @@ class ThreadGovernor(TrainerCallback):
             self._next(self.clock() - self._started)
 
     def on_train_end(self, args, state, control, **kwargs):
-        import logging
-
-        self.set_threads(self._restore)
+        if self._restore is not None:
+            self.set_threads(self._restore)
         s = self.summary()
-        logging.getLogger("gasp_plugin.train").info(
+        logger.info(
             "torch threads (cpu_threads: auto): steps at each setting %s, %d fallbacks to one thread",
             s["steps_at_threads"], s["fallbacks"])
 
