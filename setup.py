@@ -10,12 +10,14 @@ EXTRAS = {
     "deepspeed": ["deepspeed>=0.15"],
     "flash": ["flash-attn>=2.5"],  # GPU only: builds from source against CUDA
     "video": ["decord>=0.6"],
+    "scannetpp": ["lz4>=4"],  # ScanNet++ iPhone depth.bin streams compressed with lz4 (uint16 mm)
 }
 EXTRAS["test"] = [
     "pytest>=7",
     "deepspeed>=0.15",
     "decord>=0.6",
     "av>=12",  # writes the mp4 the decord tests read
+    "lz4>=4",  # reads and writes the lz4 depth.bin of the ScanNet++ reader tests
 ]
 
 setup(

@@ -282,8 +282,9 @@ def write_scannetpp(root, synth: SyntheticScene, depth: SyntheticScene | None = 
                     depth_store: str = "png", first: int = 0) -> Path:
     """``root/iphone/``: pose_intrinsic_imu.json (aligned_pose = the true camera-to-world, pose = a
     far-away decoy), colour as ``rgb/frame_N.jpg`` or an ``rgb.mp4`` video, depth (``depth``'s
-    frames, default ``synth``'s) as ``depth/frame_N.png`` or a per-frame raw-deflate float32
-    ``depth.bin``. JSON keys start at frame ``first``; the video and depth.bin hold frames from 0."""
+    frames, default ``synth``'s) as ``depth/frame_N.png``, a per-frame raw-deflate float32
+    ``depth.bin`` (``"bin"``) or a per-frame lz4 uint16 millimetre one (``"bin_lz4"``). JSON keys
+    start at frame ``first``; the video and depth.bin hold frames from 0."""
     depth = depth or synth
     ip = Path(root) / "iphone"
     ip.mkdir(parents=True, exist_ok=True)
@@ -301,11 +302,17 @@ def write_scannetpp(root, synth: SyntheticScene, depth: SyntheticScene | None = 
         if depth_store == "png":
             write_png_depth(ip / "depth" / f"{key}.png", depth.depth(i))
     (ip / POSE_JSON).write_text(json.dumps(meta))
-    if depth_store == "bin":
+    if depth_store in ("bin", "bin_lz4"):
         out = bytearray()
         for i in [0] * first + list(range(n)):
-            c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
-            blob = c.compress(depth.depth(i).astype("<f4").tobytes()) + c.flush()
+            if depth_store == "bin":
+                c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+                blob = c.compress(depth.depth(i).astype("<f4").tobytes()) + c.flush()
+            else:
+                import lz4.block
+
+                mm = np.round(depth.depth(i).astype(np.float64) * 1000).astype("<u2")
+                blob = lz4.block.compress(mm.tobytes(), store_size=False)
             out += struct.pack("<I", len(blob)) + blob
         (ip / "depth.bin").write_bytes(bytes(out))
     if colour == "video":

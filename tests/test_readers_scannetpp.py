@@ -45,6 +45,20 @@ def test_video_colour_and_depth_bin_stream(tmp_path, synth):
     check_tracks(s, synth)
 
 
+def test_lz4_depth_bin_stream(tmp_path, synth, monkeypatch):
+    """The other depth.bin codec: lz4 blocks of uint16 millimetres (read as metres, to the mm)."""
+    pytest.importorskip("lz4")
+    root = write_scannetpp(tmp_path / "l", synth, depth_store="bin_lz4")
+    s = open_scene(root, depth_size=(96, 72))
+    for i in (0, 5):
+        expected = np.round(synth.depth(i).astype(np.float64) * 1000) / 1000
+        np.testing.assert_allclose(s.depth(i), expected, atol=1e-6)
+    check_tracks(s, synth)
+    monkeypatch.setitem(__import__("sys").modules, "lz4.block", None)  # lz4 not installed
+    with pytest.raises(ValueError, match=r"lz4-compressed depth needs the lz4 package \(pip install lz4, or the scannetpp extra"):
+        open_scene(root, depth_size=(96, 72)).depth(0)
+
+
 def test_bad_input_is_named_or_skipped_and_counted(tmp_path, synth):
     root = write_scannetpp(tmp_path / "b", synth)
     meta_path = root / "iphone" / POSE_JSON

@@ -64,7 +64,8 @@ def _decode_depth_blob(blob: bytes, size: tuple[int, int], where: str) -> np.nda
         try:
             import lz4.block
         except ImportError:
-            raise ValueError(f"{where}: lz4-compressed depth needs the lz4 package (pip install lz4)") from None
+            raise ValueError(f"{where}: lz4-compressed depth needs the lz4 package (pip install lz4, or the "
+                             "scannetpp extra: pip install \"gasp-plugin[scannetpp]\")") from None
         try:
             raw = lz4.block.decompress(blob, uncompressed_size=2 * w * h)
         except Exception as exc:  # lz4 raises its own LZ4BlockError
