@@ -229,3 +229,21 @@ def test_trainer_registry(swift_env):
     assert result["on"]["mro"][2:] == ["GaspTrainerMixin", "Seq2SeqTrainer"]
     assert "GASP trains with swift sft (task_type causal_lm) only" in result["on"]["dpo"]
     assert result["bad_env"].startswith("GASP_RATIO must be")
+
+
+def test_gasp_terms_stay_a_mean_over_accumulated_micro_batches_under_loss_type(swift_env):
+    """``--loss_type`` makes ms-swift's loss a ``compute_loss_func``, after which the Trainer no
+    longer divides by the accumulation steps: the GASP terms must still come out as their mean over
+    the micro-batches (the logged loss of a geometry-only step equals the weighted logged terms)."""
+    from gasp_plugin.core.config import GaspConfig
+
+    _, work, _ = swift_env
+    out = work / "loss_type"
+    run = _swift_sft(swift_env, out, "--max_steps", "2", "--gradient_accumulation_steps", "2",
+                     "--loss_type", "cross_entropy", env={**GASP_ENV, "GASP_RATIO": "1.0"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    steps = _train_logs(out)
+    assert len(steps) == 2 and steps[-1]["geometry_batches"] == 4
+    cfg = GaspConfig()
+    for h in steps:
+        assert h["loss"] == pytest.approx(cfg.corr_weight * h["corr"] + cfg.depth_weight * h["depth"], rel=0.02)
