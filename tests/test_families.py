@@ -158,7 +158,7 @@ def test_video_geometry_rows(family):
 def test_qk_capture_is_what_attention_compares(family):
     """Captured q / k are the attention's own pre-RoPE queries and keys at the visual tokens (for
     Qwen3-VL after its per-head q_norm / k_norm); keys have fewer heads (grouped-query attention)."""
-    from gasp_plugin.core.capture import VisualCapture
+    from gasp_plugin.core.capture import VisualCapture, span_index
 
     model_type, model, processor, adapter = family
     text = model.config.text_config
@@ -186,6 +186,12 @@ def test_qk_capture_is_what_attention_compares(family):
             h.remove()
     q_ref = seen["q"].reshape(*seen["q"].shape[:2], -1)[:, start:end]
     k_ref = seen["k"].reshape(*seen["k"].shape[:2], -1)[:, start:end]
+    # a few rows (the q/k term's anchor queries): projected from those input rows alone, before
+    # the whole span is ever projected, through this family's own norm and projections
+    few = torch.tensor([[3, 0, end - start - 1]])
+    rows = states["q"][1].rows(*span_index(few + start, start))
+    assert states["q"][1]._full is None  # the rows path, not rows of the projected span
+    torch.testing.assert_close(rows, q_ref[:, few[0]], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(states["q"][1].full(), q_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(states["k"][1].full(), k_ref, rtol=1e-5, atol=1e-6)
     assert states["k"][1].full().shape[-1] == text.num_key_value_heads * head_dim
