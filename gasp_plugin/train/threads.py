@@ -69,7 +69,9 @@ class ThreadGovernor(TrainerCallback):
         self.threads = self.max_threads
         self.steps_at: Counter = Counter()  # threads -> steps run at that setting
         self.fallbacks = 0  # runs at many threads cut short by a slow step
-        self._times: dict[int, list[float]] = {}
+        self._one: list[float] = []  # step times of this cycle's probe, at one thread
+        self._many: list[float] = []  # ... and at max_threads
+        self._one_median = 0.0
         self._step = 0
         self._phase_start = 0
         self._started: float | None = None
@@ -80,36 +82,30 @@ class ThreadGovernor(TrainerCallback):
             self.threads = threads
             self.set_threads(threads)
 
-    def _one_median(self) -> float | None:
-        one = self._times.get(1)
-        return statistics.median(one) if one else None
-
     def _next(self, seconds: float) -> None:
         """Record one timed step at the current setting and choose the next step's setting."""
         k = self._step - self._phase_start  # steps into this probe-and-run cycle: 1 for its first
         if self.max_threads == 1:
             return
         if k <= self.probe_steps:  # probing one thread
-            self._times.setdefault(1, []).append(seconds)
+            self._one.append(seconds)
             if k == self.probe_steps:
-                self._times[self.max_threads] = []
+                self._one_median = statistics.median(self._one)
                 self._use(self.max_threads)
             return
-        one = self._one_median()
-        too_slow = self.threads > 1 and seconds > self.slow * one
+        too_slow = self.threads > 1 and seconds > self.slow * self._one_median
         if k <= 2 * self.probe_steps and self.threads > 1:  # probing many threads
-            self._times[self.max_threads].append(seconds)
+            self._many.append(seconds)
             if too_slow:
                 self._use(1)
             elif k == 2 * self.probe_steps:
-                many = statistics.median(self._times[self.max_threads])
-                self._use(self.max_threads if many < one else 1)
+                self._use(self.max_threads if statistics.median(self._many) < self._one_median else 1)
         elif too_slow:
             self.fallbacks += 1
             self._use(1)
         if k >= self.every:  # the next step starts a new cycle, at one thread
             self._phase_start = self._step
-            self._times = {}
+            self._one, self._many = [], []
             self._use(1)
 
     # -- trainer callback ------------------------------------------------------------------------
