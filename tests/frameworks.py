@@ -52,10 +52,9 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _site_packages(python: Path) -> Path:
-    out = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         check=True, capture_output=True, text=True)
-    return Path(out.stdout.strip())
+def _site_packages(root: Path) -> Path:
+    """A venv's site-packages (the venvs are made by this interpreter, so with its version)."""
+    return root / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
 
 
 def _check_disk(where: Path, need_gb: float) -> None:
@@ -107,7 +106,7 @@ def ensure_torch_base(torch: tuple[str, ...], timeout: int = 1800) -> Path:
         python = _fresh_venv(root, log, timeout)
         _run([*_pip(python), *torch], log, timeout)
         (root / ".gasp-spec").write_text(digest)
-    return _site_packages(root / "bin" / "python")
+    return _site_packages(root)
 
 
 def ensure_venv(fw: Framework, timeout: int = 1800) -> Path:
@@ -126,7 +125,7 @@ def ensure_venv(fw: Framework, timeout: int = 1800) -> Path:
     log.write_text("")
     start = time.monotonic()
     _fresh_venv(root, log, timeout)
-    (_site_packages(python) / "_gasp_torch_base.pth").write_text(f"{base}\n")
+    (_site_packages(root) / "_gasp_torch_base.pth").write_text(f"{base}\n")
     # The torch pins ride along so that no requirement can move torch off the base's build.
     _run([*_pip(python), *fw.torch, *fw.requirements, "-e", str(REPO)], log, timeout)
     (root / ".gasp-spec").write_text(digest)
